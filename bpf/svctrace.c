@@ -1,0 +1,903 @@
+//go:build ignore
+
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+//
+// svctrace's kernel side: one compilation unit, several attach flavours.
+//
+// Every program reduces what it sees to one `struct event` and submits it to
+// the `events` ring buffer, but only for packets of the traced Service: the
+// filter maps hold its ClusterIPs, ports, NodePorts, external/LB IPs and
+// endpoint addresses; a packet whose conntrack entry was created for one of
+// those (original tuple) is followed across NAT even when its own addresses
+// have been rewritten to something the filter does not know (a stale backend).
+//
+// Userspace picks one implementation per logical hook (fentry, kprobe or the
+// stable tracepoint/netfilter-link flavour) and loads only the programs it
+// picked; the others are removed from the CollectionSpec before load.
+
+#include "vmlinux.h"
+#include "bpf_helpers.h"
+#include "bpf_tracing.h"
+#include "bpf_core_read.h"
+#include "bpf_endian.h"
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+#define AF_INET 2
+#define ETH_P_IP 0x0800
+#define NF_ACCEPT 1
+#define TCP_SYN_SENT 2
+#define IPPROTO_ICMP_ 1
+#define IPPROTO_TCP_ 6
+#define IPPROTO_UDP_ 17
+#define IPPROTO_SCTP_ 132
+#define HDR_SNAP 64
+
+// Event kinds. Keep in sync with pkg/event (Kind).
+enum event_kind {
+	EV_NF = 1,          // netfilter-link program before/after the NAT priority
+	EV_NAT = 2,         // nf_nat_manip_pkt: one packet rewritten
+	EV_NAT_BIND = 3,    // nf_nat_setup_info: NAT binding of a new conntrack entry
+	EV_FIB = 4,         // fib_table_lookup result
+	EV_ROUTE_OUT = 5,   // ip_route_output_key_hash: source address chosen for local traffic
+	EV_CONNECT = 6,     // inet_sock_set_state CLOSE->SYN_SENT: source chosen at connect()
+	EV_FIB_VALIDATE = 7,// fib_validate_source failed (reverse-path / martian)
+	EV_DROP = 8,        // kfree_skb with reason
+	EV_ICMP = 9,        // ICMP error sent about a traced packet
+	EV_RECV = 10,       // netif_receive_skb: packet entered a device
+	EV_XMIT = 11,       // net_dev_queue: packet handed to a device
+};
+
+// Which implementation produced an event.
+enum event_source {
+	SRC_NETFILTER = 1,
+	SRC_TRACEPOINT = 2,
+	SRC_KPROBE = 3,
+	SRC_FENTRY = 4,
+};
+
+// Index into the per-CPU counters map.
+enum counter_idx {
+	CNT_EMITTED = 0,
+	CNT_LOST = 1,
+	CNT_MAX = 2,
+};
+
+struct tuple {
+	__u32 saddr; // network byte order
+	__u32 daddr; // network byte order
+	__u16 sport; // host byte order
+	__u16 dport; // host byte order
+	__u8 proto;
+	__u8 tcp_flags;
+	__u16 ip_len; // host byte order, total length of the IPv4 packet
+};
+
+struct event {
+	__u64 ts;       // bpf_ktime_get_ns
+	__u64 skb;      // sk_buff address: the packet's identity while it lives
+	__u64 ct;       // nf_conn address: the flow's identity
+	__u64 location; // drop location / socket address
+	__u32 kind;     // enum event_kind
+	__u32 netns;    // network namespace inode
+	__u32 ifindex;  // input device (or the device of RECV/XMIT/ROUTE)
+	__u32 out_ifindex; // output device (netfilter state->out, fib result device)
+	__u32 route_ifindex; // device of the route attached to the skb
+	__u32 hook;     // netfilter hook number; NAT manip type; new TCP state
+	__u32 reason;   // drop reason; fib/route error (negated); icmp type<<8|code
+	__u32 mark;
+	__u32 ct_status;
+	__u32 pid;
+	__u32 table;    // fib table id
+	__u32 gw;       // gateway (network byte order)
+	__u32 prefsrc;  // preferred source of the route (network byte order)
+	__u32 flow_oif; // flowi4 oif / iif
+	__u32 flow_iif;
+	__u8 source;    // enum event_source
+	__u8 stage;     // netfilter: 0 before NAT, 1 after NAT; NAT manip: conntrack direction
+	__u8 ct_valid;  // ct tuples below are valid
+	__u8 hdr_len;   // bytes valid in hdr
+	struct tuple pkt;
+	struct tuple ct_orig;
+	struct tuple ct_reply;
+	char comm[16];
+	__u8 hdr[HDR_SNAP]; // IPv4 header + start of L4, for pcapng export
+};
+
+struct filter_key {
+	__u32 addr; // network byte order; 0 = any address (NodePorts)
+	__u16 port; // host byte order; 0 = any port
+	__u8 proto; // 0 = any protocol
+	__u8 pad;
+};
+
+// Dynamic configuration, rewritten by userspace while tracing.
+struct config {
+	__u32 trace_all;     // ignore the filter (debugging)
+	__u32 any_addr_keys; // filter has entries with addr 0 (NodePorts)
+};
+
+// Static configuration, fixed at load time (the verifier prunes dead branches).
+volatile const __u32 use_perf = 0;     // perf event array instead of ring buffer
+volatile const __u32 wakeup_bytes = 0; // batch reader wakeups until this much is pending
+volatile const __u32 consumed_reason = 0xffffffff; // SKB_CONSUMED in this kernel's enum (from BTF)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
+} events_perf SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct event);
+} scratch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CNT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u32);
+	__type(value, __u8);
+} filter_addrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct filter_key);
+	__type(value, __u32);
+} filter SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct config);
+} config_map SEC(".maps");
+
+// Arguments saved at kprobe entry for the matching kretprobe.
+struct kargs_key {
+	__u64 pid_tgid;
+	__u64 fn;
+};
+
+struct kargs {
+	__u64 a[4];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct kargs_key);
+	__type(value, struct kargs);
+} kargs_map SEC(".maps");
+
+enum kfn {
+	KFN_NAT_SETUP = 1,
+	KFN_FIB_LOOKUP = 2,
+	KFN_ROUTE_OUT = 3,
+	KFN_FIB_VALIDATE = 4,
+};
+
+// Force BTF emission for the types shared with Go (bpf2go -type).
+const struct event *unused_event __attribute__((unused));
+const struct filter_key *unused_filter_key __attribute__((unused));
+const struct config *unused_config __attribute__((unused));
+const enum event_kind *unused_event_kind __attribute__((unused));
+const enum event_source *unused_event_source __attribute__((unused));
+const enum counter_idx *unused_counter_idx __attribute__((unused));
+
+// Raw IPv4 header, read as bytes (no CO-RE: it is wire format).
+struct ip4 {
+	__u8 vihl;
+	__u8 tos;
+	__u16 tot_len;
+	__u16 id;
+	__u16 frag;
+	__u8 ttl;
+	__u8 proto;
+	__u16 check;
+	__u32 saddr;
+	__u32 daddr;
+};
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline int filter_one(__u32 addr, __u16 port, __u8 proto, struct config *cfg)
+{
+	struct filter_key k = {};
+
+	if (bpf_map_lookup_elem(&filter_addrs, &addr)) {
+		// Flow lookups without L4 information (input route lookups carry
+		// no ports): the address alone decides.
+		if (!port && !proto)
+			return 1;
+		k.addr = addr;
+		k.port = port;
+		k.proto = proto;
+		if (bpf_map_lookup_elem(&filter, &k))
+			return 1;
+		k.port = 0;
+		k.proto = 0;
+		if (bpf_map_lookup_elem(&filter, &k))
+			return 1;
+	}
+	if (cfg && cfg->any_addr_keys && port) {
+		k.addr = 0;
+		k.port = port;
+		k.proto = proto;
+		if (bpf_map_lookup_elem(&filter, &k))
+			return 1;
+	}
+	return 0;
+}
+
+static __always_inline struct config *get_config(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&config_map, &zero);
+}
+
+static __always_inline int match_tuple(const struct tuple *t, struct config *cfg)
+{
+	if (cfg && cfg->trace_all)
+		return 1;
+	if (filter_one(t->daddr, t->dport, t->proto, cfg))
+		return 1;
+	return filter_one(t->saddr, t->sport, t->proto, cfg);
+}
+
+static __always_inline struct nf_conn *skb_ct(const struct sk_buff *skb)
+{
+	if (!bpf_core_field_exists(skb->_nfct))
+		return 0;
+	unsigned long nfct = BPF_CORE_READ(skb, _nfct);
+	return (struct nf_conn *)(nfct & ~7UL);
+}
+
+// Reads the conntrack entry's tuples into e. Returns 0 when not readable.
+static __always_inline int read_ct(struct nf_conn *ct, struct event *e)
+{
+	if (!ct || !bpf_core_type_exists(struct nf_conn))
+		return 0;
+	e->ct = (__u64)ct;
+	e->ct_status = (__u32)BPF_CORE_READ(ct, status);
+	e->ct_orig.saddr = BPF_CORE_READ(ct, tuplehash[0].tuple.src.u3.ip);
+	e->ct_orig.daddr = BPF_CORE_READ(ct, tuplehash[0].tuple.dst.u3.ip);
+	e->ct_orig.sport = bpf_ntohs(BPF_CORE_READ(ct, tuplehash[0].tuple.src.u.all));
+	e->ct_orig.dport = bpf_ntohs(BPF_CORE_READ(ct, tuplehash[0].tuple.dst.u.all));
+	e->ct_orig.proto = BPF_CORE_READ(ct, tuplehash[0].tuple.dst.protonum);
+	e->ct_reply.saddr = BPF_CORE_READ(ct, tuplehash[1].tuple.src.u3.ip);
+	e->ct_reply.daddr = BPF_CORE_READ(ct, tuplehash[1].tuple.dst.u3.ip);
+	e->ct_reply.sport = bpf_ntohs(BPF_CORE_READ(ct, tuplehash[1].tuple.src.u.all));
+	e->ct_reply.dport = bpf_ntohs(BPF_CORE_READ(ct, tuplehash[1].tuple.dst.u.all));
+	e->ct_reply.proto = BPF_CORE_READ(ct, tuplehash[1].tuple.dst.protonum);
+	e->ct_valid = 1;
+	return 1;
+}
+
+// Does the conntrack entry belong to the traced Service? The original tuple's
+// destination is the Service address even after DNAT; the reply tuple's source
+// is where the dataplane really sent the flow.
+static __always_inline int match_ct(struct nf_conn *ct, struct config *cfg)
+{
+	if (!ct || !bpf_core_type_exists(struct nf_conn))
+		return 0;
+	struct tuple t = {};
+	t.daddr = BPF_CORE_READ(ct, tuplehash[0].tuple.dst.u3.ip);
+	t.dport = bpf_ntohs(BPF_CORE_READ(ct, tuplehash[0].tuple.dst.u.all));
+	t.proto = BPF_CORE_READ(ct, tuplehash[0].tuple.dst.protonum);
+	t.saddr = BPF_CORE_READ(ct, tuplehash[0].tuple.src.u3.ip);
+	t.sport = bpf_ntohs(BPF_CORE_READ(ct, tuplehash[0].tuple.src.u.all));
+	return match_tuple(&t, cfg);
+}
+
+// Parses the IPv4 packet at skb->head + network_header. Returns 0 on success.
+static __always_inline int parse_skb(const struct sk_buff *skb, struct tuple *t)
+{
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	__u16 nh = BPF_CORE_READ(skb, network_header);
+	struct ip4 ip;
+
+	if (!head || nh == (__u16)~0U)
+		return -1;
+	if (bpf_probe_read_kernel(&ip, sizeof(ip), head + nh))
+		return -1;
+	if ((ip.vihl >> 4) != 4)
+		return -1;
+	t->saddr = ip.saddr;
+	t->daddr = ip.daddr;
+	t->proto = ip.proto;
+	t->ip_len = bpf_ntohs(ip.tot_len);
+	if (bpf_ntohs(ip.frag) & 0x1fff)
+		return 0; // not the first fragment: no L4 header
+	__u32 off = nh + (ip.vihl & 0x0f) * 4;
+	if (ip.proto == IPPROTO_TCP_ || ip.proto == IPPROTO_UDP_ || ip.proto == IPPROTO_SCTP_) {
+		__u16 ports[2];
+		if (bpf_probe_read_kernel(ports, sizeof(ports), head + off) == 0) {
+			t->sport = bpf_ntohs(ports[0]);
+			t->dport = bpf_ntohs(ports[1]);
+		}
+		if (ip.proto == IPPROTO_TCP_)
+			bpf_probe_read_kernel(&t->tcp_flags, 1, head + off + 13);
+	} else if (ip.proto == IPPROTO_ICMP_) {
+		__u8 tc[2];
+		if (bpf_probe_read_kernel(tc, sizeof(tc), head + off) == 0) {
+			t->sport = tc[0];
+			t->dport = tc[1];
+		}
+	}
+	return 0;
+}
+
+static __always_inline void snap_hdr(const struct sk_buff *skb, struct event *e)
+{
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	__u16 nh = BPF_CORE_READ(skb, network_header);
+	__u32 len = e->pkt.ip_len;
+
+	if (len > HDR_SNAP)
+		len = HDR_SNAP;
+	if (len < 20)
+		return;
+	if (bpf_probe_read_kernel(e->hdr, HDR_SNAP, head + nh) == 0)
+		e->hdr_len = len;
+}
+
+static __always_inline __u32 dev_netns(const struct net_device *dev)
+{
+	if (!dev)
+		return 0;
+	return BPF_CORE_READ(dev, nd_net.net, ns.inum);
+}
+
+static __always_inline __u32 skb_netns(const struct sk_buff *skb, struct nf_conn *ct)
+{
+	struct net_device *dev = BPF_CORE_READ(skb, dev);
+	if (dev)
+		return dev_netns(dev);
+	if (ct && bpf_core_type_exists(struct nf_conn))
+		return BPF_CORE_READ(ct, ct_net.net, ns.inum);
+	return 0;
+}
+
+static __always_inline __u32 skb_route_ifindex(const struct sk_buff *skb)
+{
+	unsigned long refdst = BPF_CORE_READ(skb, _skb_refdst);
+	struct dst_entry *dst = (struct dst_entry *)(refdst & ~1UL);
+	if (!dst)
+		return 0;
+	return BPF_CORE_READ(dst, dev, ifindex);
+}
+
+// ev_new returns the per-CPU scratch event, zeroed and stamped.
+static __always_inline struct event *ev_new(__u32 kind, __u8 source, int with_task)
+{
+	__u32 zero = 0;
+	struct event *e = bpf_map_lookup_elem(&scratch, &zero);
+	if (!e)
+		return 0;
+	__builtin_memset(e, 0, sizeof(*e));
+	e->ts = bpf_ktime_get_ns();
+	e->kind = kind;
+	e->source = source;
+	if (with_task) {
+		e->pid = bpf_get_current_pid_tgid() >> 32;
+		bpf_get_current_comm(e->comm, sizeof(e->comm));
+	}
+	return e;
+}
+
+static __always_inline void ev_submit(void *ctx, struct event *e)
+{
+	long err;
+
+	if (use_perf) {
+		err = bpf_perf_event_output(ctx, &events_perf, BPF_F_CURRENT_CPU, e, sizeof(*e));
+	} else {
+		__u64 flags = 0;
+		if (wakeup_bytes) {
+			flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes
+					? BPF_RB_FORCE_WAKEUP
+					: BPF_RB_NO_WAKEUP;
+		}
+		err = bpf_ringbuf_output(&events, e, sizeof(*e), flags);
+	}
+	count(err ? CNT_LOST : CNT_EMITTED);
+}
+
+// Common body for skb-carrying hooks: parse, filter (packet, then conntrack),
+// fill the packet and conntrack fields. Returns the event or NULL.
+static __always_inline struct event *skb_event(const struct sk_buff *skb, __u32 kind,
+					       __u8 source, int with_task)
+{
+	struct tuple t = {};
+	if (parse_skb(skb, &t))
+		return 0;
+	struct config *cfg = get_config();
+	struct nf_conn *ct = skb_ct(skb);
+	if (!match_tuple(&t, cfg) && !match_ct(ct, cfg))
+		return 0;
+	struct event *e = ev_new(kind, source, with_task);
+	if (!e)
+		return 0;
+	e->skb = (__u64)skb;
+	e->pkt = t;
+	e->mark = BPF_CORE_READ(skb, mark);
+	read_ct(ct, e);
+	e->netns = skb_netns(skb, ct);
+	snap_hdr(skb, e);
+	return e;
+}
+
+/* ---------------------------------------------------------------------------
+ * Stable interface: netfilter links (6.4+) around the NAT priorities.
+ * ------------------------------------------------------------------------- */
+
+static __always_inline int nf_common(struct bpf_nf_ctx *ctx, __u8 stage)
+{
+	struct sk_buff *skb = ctx->skb;
+	const struct nf_hook_state *st = ctx->state;
+	struct event *e = skb_event(skb, EV_NF, SRC_NETFILTER, 0);
+	if (!e)
+		return NF_ACCEPT;
+	e->stage = stage;
+	e->hook = BPF_CORE_READ(st, hook);
+	struct net_device *in = BPF_CORE_READ(st, in);
+	struct net_device *out = BPF_CORE_READ(st, out);
+	if (in)
+		e->ifindex = BPF_CORE_READ(in, ifindex);
+	if (out)
+		e->out_ifindex = BPF_CORE_READ(out, ifindex);
+	e->route_ifindex = skb_route_ifindex(skb);
+	e->netns = BPF_CORE_READ(st, net, ns.inum);
+	ev_submit(ctx, e);
+	return NF_ACCEPT; // never 0: that is NF_DROP
+}
+
+SEC("netfilter")
+int nf_before(struct bpf_nf_ctx *ctx)
+{
+	return nf_common(ctx, 0);
+}
+
+SEC("netfilter")
+int nf_after(struct bpf_nf_ctx *ctx)
+{
+	return nf_common(ctx, 1);
+}
+
+/* ---------------------------------------------------------------------------
+ * Tracepoints (tp_btf): drops, route lookups, ICMP errors, connect, devices.
+ * ------------------------------------------------------------------------- */
+
+static __always_inline void drop_common(void *ctx, struct sk_buff *skb, void *location, __u32 reason)
+{
+	struct event *e = skb_event(skb, EV_DROP, SRC_TRACEPOINT, 1);
+	if (!e)
+		return;
+	e->location = (__u64)location;
+	e->reason = reason;
+	struct net_device *dev = BPF_CORE_READ(skb, dev);
+	if (dev)
+		e->ifindex = BPF_CORE_READ(dev, ifindex);
+	e->route_ifindex = skb_route_ifindex(skb);
+	ev_submit(ctx, e);
+}
+
+// Kernels 5.17+: kfree_skb carries the drop reason.
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(tp_kfree_skb_reason, struct sk_buff *skb, void *location, int reason)
+{
+	if ((__u32)reason == consumed_reason) // not a drop
+		return 0;
+	drop_common(ctx, skb, location, (__u32)reason);
+	return 0;
+}
+
+// Older kernels: no reason argument.
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(tp_kfree_skb, struct sk_buff *skb, void *location)
+{
+	drop_common(ctx, skb, location, 0);
+	return 0;
+}
+
+static __always_inline void flow_tuple(const struct flowi4 *flp, struct tuple *t)
+{
+	t->saddr = BPF_CORE_READ(flp, saddr);
+	t->daddr = BPF_CORE_READ(flp, daddr);
+	t->proto = BPF_CORE_READ(flp, __fl_common.flowic_proto);
+	if (t->proto == IPPROTO_TCP_ || t->proto == IPPROTO_UDP_ || t->proto == IPPROTO_SCTP_) {
+		t->sport = bpf_ntohs(BPF_CORE_READ(flp, uli.ports.sport));
+		t->dport = bpf_ntohs(BPF_CORE_READ(flp, uli.ports.dport));
+	}
+}
+
+static __always_inline void fib_fill(struct event *e, const struct flowi4 *flp,
+				     const struct fib_nh_common *nhc, __u32 table, int err)
+{
+	e->table = table;
+	e->reason = (__u32)err;
+	e->flow_oif = BPF_CORE_READ(flp, __fl_common.flowic_oif);
+	e->flow_iif = BPF_CORE_READ(flp, __fl_common.flowic_iif);
+	if (nhc && err == 0) {
+		struct net_device *dev = BPF_CORE_READ(nhc, nhc_dev);
+		if (dev) {
+			e->out_ifindex = BPF_CORE_READ(dev, ifindex);
+			e->netns = dev_netns(dev);
+		}
+		if (BPF_CORE_READ(nhc, nhc_gw_family) == AF_INET)
+			e->gw = BPF_CORE_READ(nhc, nhc_gw.ipv4);
+	}
+}
+
+static __always_inline struct event *flow_event(const struct flowi4 *flp, __u32 kind, __u8 source)
+{
+	struct tuple t = {};
+	flow_tuple(flp, &t);
+	if (!match_tuple(&t, get_config()))
+		return 0;
+	struct event *e = ev_new(kind, source, 1);
+	if (!e)
+		return 0;
+	e->pkt = t;
+	return e;
+}
+
+SEC("tp_btf/fib_table_lookup")
+int BPF_PROG(tp_fib_table_lookup, u32 tb_id, const struct flowi4 *flp,
+	     const struct fib_nh_common *nhc, int err)
+{
+	struct event *e = flow_event(flp, EV_FIB, SRC_TRACEPOINT);
+	if (!e)
+		return 0;
+	fib_fill(e, flp, nhc, tb_id, err);
+	ev_submit(ctx, e);
+	return 0;
+}
+
+static __always_inline void icmp_common(void *ctx, const struct sk_buff *skb, int type, int code, __u8 source)
+{
+	if (type != 3 && type != 5 && type != 11 && type != 12)
+		return; // only errors: unreachable, redirect, time exceeded, parameter problem
+	struct event *e = skb_event(skb, EV_ICMP, source, 1);
+	if (!e)
+		return;
+	e->reason = ((__u32)type << 8) | ((__u32)code & 0xff);
+	struct net_device *dev = BPF_CORE_READ(skb, dev);
+	if (dev)
+		e->ifindex = BPF_CORE_READ(dev, ifindex);
+	ev_submit(ctx, e);
+}
+
+SEC("tp_btf/icmp_send")
+int BPF_PROG(tp_icmp_send, const struct sk_buff *skb, int type, int code)
+{
+	icmp_common(ctx, skb, type, code, SRC_TRACEPOINT);
+	return 0;
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(tp_sock_set_state, const struct sock *sk, int oldstate, int newstate)
+{
+	if (newstate != TCP_SYN_SENT)
+		return 0;
+	if (BPF_CORE_READ(sk, __sk_common.skc_family) != AF_INET)
+		return 0;
+	struct tuple t = {};
+	t.saddr = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+	t.daddr = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+	t.sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	t.dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	t.proto = IPPROTO_TCP_;
+	if (!match_tuple(&t, get_config()))
+		return 0;
+	struct event *e = ev_new(EV_CONNECT, SRC_TRACEPOINT, 1);
+	if (!e)
+		return 0;
+	e->pkt = t;
+	e->hook = newstate;
+	e->location = (__u64)sk;
+	e->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	e->flow_oif = BPF_CORE_READ(sk, __sk_common.skc_bound_dev_if);
+	ev_submit(ctx, e);
+	return 0;
+}
+
+static __always_inline void dev_event(void *ctx, const struct sk_buff *skb, __u32 kind)
+{
+	struct event *e = skb_event(skb, kind, SRC_TRACEPOINT, 0);
+	if (!e)
+		return;
+	struct net_device *dev = BPF_CORE_READ(skb, dev);
+	if (dev)
+		e->ifindex = BPF_CORE_READ(dev, ifindex);
+	ev_submit(ctx, e);
+}
+
+SEC("tp_btf/netif_receive_skb")
+int BPF_PROG(tp_netif_receive_skb, struct sk_buff *skb)
+{
+	dev_event(ctx, skb, EV_RECV);
+	return 0;
+}
+
+SEC("tp_btf/net_dev_queue")
+int BPF_PROG(tp_net_dev_queue, struct sk_buff *skb)
+{
+	dev_event(ctx, skb, EV_XMIT);
+	return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * Kernel functions: kprobe/kretprobe and fentry/fexit flavours.
+ * ------------------------------------------------------------------------- */
+
+// nf_nat_manip_pkt(skb, ct, mtype, dir): the packet before the rewrite; the
+// rewrite's target is the inverse of the other direction's tuple (userspace
+// derives it from the conntrack tuples carried in the event).
+static __always_inline void nat_manip(void *ctx, struct sk_buff *skb, struct nf_conn *ct,
+				      __u32 mtype, __u32 dir, __u8 source)
+{
+	struct tuple t = {};
+	if (parse_skb(skb, &t))
+		return;
+	struct config *cfg = get_config();
+	if (!match_tuple(&t, cfg) && !match_ct(ct, cfg))
+		return;
+	struct event *e = ev_new(EV_NAT, source, 0);
+	if (!e)
+		return;
+	e->skb = (__u64)skb;
+	e->pkt = t;
+	e->hook = mtype;
+	e->stage = dir;
+	e->mark = BPF_CORE_READ(skb, mark);
+	read_ct(ct, e);
+	e->netns = skb_netns(skb, ct);
+	struct net_device *dev = BPF_CORE_READ(skb, dev);
+	if (dev)
+		e->ifindex = BPF_CORE_READ(dev, ifindex);
+	snap_hdr(skb, e);
+	ev_submit(ctx, e);
+}
+
+SEC("kprobe/nf_nat_manip_pkt")
+int BPF_KPROBE(kp_nat_manip_pkt, struct sk_buff *skb, struct nf_conn *ct, int mtype, int dir)
+{
+	nat_manip(ctx, skb, ct, mtype, dir, SRC_KPROBE);
+	return 0;
+}
+
+SEC("fentry/nf_nat_manip_pkt")
+int BPF_PROG(fe_nat_manip_pkt, struct sk_buff *skb, struct nf_conn *ct, int mtype, int dir)
+{
+	nat_manip(ctx, skb, ct, mtype, dir, SRC_FENTRY);
+	return 0;
+}
+
+// nf_nat_setup_info(ct, range, maniptype): the binding is in the reply tuple
+// once the function returns.
+static __always_inline void nat_bind(void *ctx, struct nf_conn *ct, __u32 maniptype, __u32 ret, __u8 source)
+{
+	if (ret != NF_ACCEPT)
+		return;
+	if (!match_ct(ct, get_config()))
+		return;
+	struct event *e = ev_new(EV_NAT_BIND, source, 0);
+	if (!e)
+		return;
+	e->hook = maniptype;
+	read_ct(ct, e);
+	if (bpf_core_type_exists(struct nf_conn))
+		e->netns = BPF_CORE_READ(ct, ct_net.net, ns.inum);
+	e->pkt = e->ct_orig;
+	ev_submit(ctx, e);
+}
+
+static __always_inline void save_args(__u64 fn, __u64 a0, __u64 a1, __u64 a2, __u64 a3)
+{
+	struct kargs_key k = {.pid_tgid = bpf_get_current_pid_tgid(), .fn = fn};
+	struct kargs v = {.a = {a0, a1, a2, a3}};
+	bpf_map_update_elem(&kargs_map, &k, &v, BPF_ANY);
+}
+
+static __always_inline int take_args(__u64 fn, struct kargs *out)
+{
+	struct kargs_key k = {.pid_tgid = bpf_get_current_pid_tgid(), .fn = fn};
+	struct kargs *v = bpf_map_lookup_elem(&kargs_map, &k);
+	if (!v)
+		return -1;
+	*out = *v;
+	bpf_map_delete_elem(&kargs_map, &k);
+	return 0;
+}
+
+SEC("kprobe/nf_nat_setup_info")
+int BPF_KPROBE(kp_nat_setup_info, struct nf_conn *ct, void *range, int maniptype)
+{
+	save_args(KFN_NAT_SETUP, (__u64)ct, maniptype, 0, 0);
+	return 0;
+}
+
+SEC("kretprobe/nf_nat_setup_info")
+int BPF_KRETPROBE(krp_nat_setup_info, unsigned int ret)
+{
+	struct kargs a;
+	if (take_args(KFN_NAT_SETUP, &a))
+		return 0;
+	nat_bind(ctx, (struct nf_conn *)a.a[0], (__u32)a.a[1], ret, SRC_KPROBE);
+	return 0;
+}
+
+SEC("fexit/nf_nat_setup_info")
+int BPF_PROG(fx_nat_setup_info, struct nf_conn *ct, void *range, int maniptype, unsigned int ret)
+{
+	nat_bind(ctx, ct, maniptype, ret, SRC_FENTRY);
+	return 0;
+}
+
+// fib_table_lookup(tb, flp, res, fib_flags) -> int
+static __always_inline void fib_lookup_ret(void *ctx, struct fib_table *tb, const struct flowi4 *flp,
+					   struct fib_result *res, int ret, __u8 source)
+{
+	struct event *e = flow_event(flp, EV_FIB, source);
+	if (!e)
+		return;
+	struct fib_nh_common *nhc = 0;
+	if (ret == 0 && res) {
+		nhc = BPF_CORE_READ(res, nhc);
+		struct fib_info *fi = BPF_CORE_READ(res, fi);
+		if (fi)
+			e->prefsrc = BPF_CORE_READ(fi, fib_prefsrc);
+	}
+	fib_fill(e, flp, nhc, BPF_CORE_READ(tb, tb_id), ret);
+	ev_submit(ctx, e);
+}
+
+SEC("kprobe/fib_table_lookup")
+int BPF_KPROBE(kp_fib_table_lookup, struct fib_table *tb, const struct flowi4 *flp, struct fib_result *res)
+{
+	struct tuple t = {};
+	flow_tuple(flp, &t);
+	if (!match_tuple(&t, get_config()))
+		return 0; // cheap: only traced flows pay for the map update
+	save_args(KFN_FIB_LOOKUP, (__u64)tb, (__u64)flp, (__u64)res, 0);
+	return 0;
+}
+
+SEC("kretprobe/fib_table_lookup")
+int BPF_KRETPROBE(krp_fib_table_lookup, int ret)
+{
+	struct kargs a;
+	if (take_args(KFN_FIB_LOOKUP, &a))
+		return 0;
+	fib_lookup_ret(ctx, (struct fib_table *)a.a[0], (const struct flowi4 *)a.a[1],
+		       (struct fib_result *)a.a[2], ret, SRC_KPROBE);
+	return 0;
+}
+
+SEC("fexit/fib_table_lookup")
+int BPF_PROG(fx_fib_table_lookup, struct fib_table *tb, const struct flowi4 *flp,
+	     struct fib_result *res, int fib_flags, int ret)
+{
+	fib_lookup_ret(ctx, tb, flp, res, ret, SRC_FENTRY);
+	return 0;
+}
+
+// ip_route_output_key_hash(net, fl4, skb) -> struct rtable *: the source
+// address chosen for locally originated traffic, before any packet exists.
+static __always_inline void route_out_ret(void *ctx, struct net *net, const struct flowi4 *fl4,
+					  struct rtable *rt, __u8 source)
+{
+	struct event *e = flow_event(fl4, EV_ROUTE_OUT, source);
+	if (!e)
+		return;
+	e->netns = BPF_CORE_READ(net, ns.inum);
+	e->flow_oif = BPF_CORE_READ(fl4, __fl_common.flowic_oif);
+	if ((unsigned long)rt >= (unsigned long)-4095) {
+		e->reason = (__u32)(long)rt;
+	} else if (rt) {
+		e->out_ifindex = BPF_CORE_READ(rt, dst.dev, ifindex);
+	}
+	ev_submit(ctx, e);
+}
+
+SEC("kprobe/ip_route_output_key_hash")
+int BPF_KPROBE(kp_route_output, struct net *net, struct flowi4 *fl4)
+{
+	struct tuple t = {};
+	flow_tuple(fl4, &t);
+	if (!match_tuple(&t, get_config()))
+		return 0;
+	save_args(KFN_ROUTE_OUT, (__u64)net, (__u64)fl4, 0, 0);
+	return 0;
+}
+
+SEC("kretprobe/ip_route_output_key_hash")
+int BPF_KRETPROBE(krp_route_output, struct rtable *rt)
+{
+	struct kargs a;
+	if (take_args(KFN_ROUTE_OUT, &a))
+		return 0;
+	route_out_ret(ctx, (struct net *)a.a[0], (const struct flowi4 *)a.a[1], rt, SRC_KPROBE);
+	return 0;
+}
+
+SEC("fexit/ip_route_output_key_hash")
+int BPF_PROG(fx_route_output, struct net *net, struct flowi4 *fl4, const struct sk_buff *skb,
+	     struct rtable *rt)
+{
+	route_out_ret(ctx, net, fl4, rt, SRC_FENTRY);
+	return 0;
+}
+
+// fib_validate_source(skb, src, dst, dscp, oif, dev, idev, itag) -> int < 0 on failure
+static __always_inline void validate_ret(void *ctx, struct sk_buff *skb, struct net_device *dev,
+					 int ret, __u8 source)
+{
+	if (ret >= 0)
+		return;
+	struct event *e = skb_event(skb, EV_FIB_VALIDATE, source, 0);
+	if (!e)
+		return;
+	e->reason = (__u32)ret;
+	if (dev) {
+		e->ifindex = BPF_CORE_READ(dev, ifindex);
+		e->netns = dev_netns(dev);
+	}
+	ev_submit(ctx, e);
+}
+
+SEC("kprobe/fib_validate_source")
+int BPF_KPROBE(kp_fib_validate_source, struct sk_buff *skb)
+{
+	// The device is argument 6, past what BPF_KPROBE reaches portably: take skb->dev.
+	save_args(KFN_FIB_VALIDATE, (__u64)skb, (__u64)BPF_CORE_READ(skb, dev), 0, 0);
+	return 0;
+}
+
+SEC("kretprobe/fib_validate_source")
+int BPF_KRETPROBE(krp_fib_validate_source, int ret)
+{
+	struct kargs a;
+	if (take_args(KFN_FIB_VALIDATE, &a))
+		return 0;
+	validate_ret(ctx, (struct sk_buff *)a.a[0], (struct net_device *)a.a[1], ret, SRC_KPROBE);
+	return 0;
+}
+
+SEC("fexit/fib_validate_source")
+int BPF_PROG(fx_fib_validate_source, struct sk_buff *skb, __u32 src, __u32 dst, __u8 dscp,
+	     int oif, struct net_device *dev, struct in_device *idev, __u32 *itag, int ret)
+{
+	validate_ret(ctx, skb, dev, ret, SRC_FENTRY);
+	return 0;
+}
+
+// Kernels without the icmp:icmp_send tracepoint.
+SEC("kprobe/__icmp_send")
+int BPF_KPROBE(kp_icmp_send, struct sk_buff *skb, int type, int code)
+{
+	icmp_common(ctx, skb, type, code, SRC_KPROBE);
+	return 0;
+}

@@ -1,0 +1,120 @@
+package attach
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/svctrace/svctrace/internal/bpfobj"
+)
+
+// FilterEntry is one (address, port, protocol) the in-kernel filter admits.
+// A zero Addr matches any address (NodePorts); a zero Port any port; a zero
+// Proto any protocol.
+type FilterEntry struct {
+	Addr  netip.Addr
+	Port  uint16
+	Proto uint8
+	Role  uint32 // informational: what the entry is (ClusterIP, endpoint, …)
+}
+
+type filterState struct {
+	keys  map[bpfobj.SvctraceFilterKey]uint32
+	addrs map[uint32]bool
+}
+
+func filterKey(e FilterEntry) (bpfobj.SvctraceFilterKey, error) {
+	var k bpfobj.SvctraceFilterKey
+	if e.Addr.IsValid() {
+		if !e.Addr.Is4() && !e.Addr.Is4In6() {
+			return k, fmt.Errorf("filter address %s: only IPv4 is traced", e.Addr)
+		}
+		a := e.Addr.Unmap().As4()
+		// The kernel compares network-order words: keep the bytes as they are.
+		k.Addr = uint32(a[0]) | uint32(a[1])<<8 | uint32(a[2])<<16 | uint32(a[3])<<24
+	}
+	k.Port = e.Port
+	k.Proto = e.Proto
+	return k, nil
+}
+
+// SetFilter replaces the in-kernel filter with entries, without detaching
+// anything: keys no longer wanted are deleted, new ones added. IPv6 entries
+// are skipped and counted in the returned number.
+func (p *Probes) SetFilter(entries []FilterEntry, traceAll bool) (skipped int, err error) {
+	want := make(map[bpfobj.SvctraceFilterKey]uint32, len(entries))
+	addrs := map[uint32]bool{}
+	anyAddr := false
+	for _, e := range entries {
+		k, err := filterKey(e)
+		if err != nil {
+			skipped++
+			continue
+		}
+		want[k] = e.Role
+		if k.Addr == 0 {
+			anyAddr = true
+		} else {
+			addrs[k.Addr] = true
+		}
+	}
+	fm, am, cm := p.shared["filter"], p.shared["filter_addrs"], p.shared["config_map"]
+	var errs []error
+	for k, role := range want {
+		if old, ok := p.filter.keys[k]; ok && old == role {
+			continue
+		}
+		if err := fm.Put(k, role); err != nil {
+			errs = append(errs, fmt.Errorf("filter put: %w", err))
+		}
+	}
+	for a := range addrs {
+		if p.filter.addrs[a] {
+			continue
+		}
+		if err := am.Put(a, uint8(1)); err != nil {
+			errs = append(errs, fmt.Errorf("filter addr put: %w", err))
+		}
+	}
+	for k := range p.filter.keys {
+		if _, ok := want[k]; !ok {
+			if err := fm.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				errs = append(errs, fmt.Errorf("filter delete: %w", err))
+			}
+		}
+	}
+	for a := range p.filter.addrs {
+		if !addrs[a] {
+			if err := am.Delete(a); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				errs = append(errs, fmt.Errorf("filter addr delete: %w", err))
+			}
+		}
+	}
+	cfg := bpfobj.SvctraceConfig{}
+	if traceAll {
+		cfg.TraceAll = 1
+	}
+	if anyAddr {
+		cfg.AnyAddrKeys = 1
+	}
+	if err := cm.Put(uint32(0), cfg); err != nil {
+		errs = append(errs, fmt.Errorf("config put: %w", err))
+	}
+	p.filter = filterState{keys: want, addrs: addrs}
+	return skipped, errors.Join(errs...)
+}
+
+// Counters returns the kernel side's per-CPU counts of events submitted and
+// events lost (ring buffer full).
+func (p *Probes) Counters() (emitted, lost []uint64, err error) {
+	m := p.shared["counters"]
+	if err := m.Lookup(uint32(bpfobj.SvctraceCounterIdxCNT_EMITTED), &emitted); err != nil {
+		return nil, nil, fmt.Errorf("read counters: %w", err)
+	}
+	if err := m.Lookup(uint32(bpfobj.SvctraceCounterIdxCNT_LOST), &lost); err != nil {
+		return nil, nil, fmt.Errorf("read counters: %w", err)
+	}
+	return emitted, lost, nil
+}

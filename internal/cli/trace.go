@@ -1,0 +1,132 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/svctrace/svctrace/internal/attach"
+	"github.com/svctrace/svctrace/internal/meta"
+	"github.com/svctrace/svctrace/internal/render"
+	"github.com/svctrace/svctrace/internal/tracer"
+)
+
+type traceOptions struct {
+	stdout, stderr io.Writer
+
+	service    string
+	namespace  string
+	manifests  string
+	backend    string
+	netns      string
+	output     string
+	color      string
+	duration   time.Duration
+	count      int
+	readyFile  string
+	events     bool
+	all        bool
+	perf       bool
+	statsEvery time.Duration
+
+	backendV attach.Backend
+}
+
+func (o *traceOptions) addFlags(c *cobra.Command) {
+	f := c.Flags()
+	f.StringVar(&o.service, "svc", "", "the Service to trace (required)")
+	f.StringVarP(&o.namespace, "namespace", "n", "default", "the Service's namespace")
+	f.StringVar(&o.manifests, "manifests", "", "file or folder of Service, EndpointSlice, Pod and Node objects (YAML or JSON, as 'kubectl get -o yaml' writes them)")
+	f.StringVar(&o.backend, "backend", "auto", "how to attach to kernel functions: auto (fentry, then kprobe, then stable, per hook), fentry, kprobe, or netfilter (tracepoints + BPF netfilter links only)")
+	f.StringVar(&o.netns, "netns", "", "network namespace of the node (a path like /run/netns/node1, or a name in /run/netns); default: svctrace's own")
+	f.StringVarP(&o.output, "output", "o", "text", "output format: text or json (JSON lines, each with a \"type\")")
+	f.StringVar(&o.color, "color", "auto", "colour text output: auto (only on a terminal, unless NO_COLOR is set), always, never")
+	f.DurationVar(&o.duration, "duration", 0, "stop after this long (e.g. 30s); default: until Ctrl-C")
+	f.IntVar(&o.count, "count", 0, "stop after this many packet paths")
+	f.StringVar(&o.readyFile, "ready-file", "", "write this file once every probe is attached (for scripts that start traffic then)")
+	f.BoolVar(&o.events, "events", false, "also print every raw kernel event")
+	f.BoolVar(&o.all, "all", false, "trace every IPv4 packet, not only the Service's (debugging; expensive)")
+	f.BoolVar(&o.perf, "perf-buffer", false, "use a perf event array instead of the ring buffer (automatic on kernels before 5.8)")
+	f.DurationVar(&o.statsEvery, "stats-interval", 5*time.Second, "with -o json, emit a stats line this often (0: only at exit)")
+	_ = f.MarkHidden("perf-buffer")
+}
+
+func (o *traceOptions) complete(c *cobra.Command) error {
+	if o.service == "" {
+		return usageErr(fmt.Errorf("--svc is required: name the Service to trace (see 'svctrace --help')"))
+	}
+	if o.output != "text" && o.output != "json" {
+		return usageErr(fmt.Errorf("--output %q: use text or json", o.output))
+	}
+	switch o.color {
+	case "auto", "always", "never":
+	default:
+		return usageErr(fmt.Errorf("--color %q: use auto, always or never", o.color))
+	}
+	b, err := attach.ParseBackend(o.backend)
+	if err != nil {
+		return usageErr(err)
+	}
+	o.backendV = b
+	if o.manifests == "" {
+		return usageErr(errors.New("no cluster metadata: pass --manifests PATH (a file or folder written by 'kubectl get svc,endpointslices,pods,nodes -A -o yaml')"))
+	}
+	if _, err := os.Stat(o.manifests); err != nil {
+		return usageErr(fmt.Errorf("--manifests: %w", err))
+	}
+	if o.netns != "" && !strings.Contains(o.netns, "/") {
+		o.netns = "/run/netns/" + o.netns
+	}
+	if o.netns != "" {
+		if _, err := os.Stat(o.netns); err != nil {
+			return usageErr(fmt.Errorf("--netns: %w", err))
+		}
+	}
+	if o.count < 0 || o.duration < 0 {
+		return usageErr(errors.New("--count and --duration must not be negative"))
+	}
+	return nil
+}
+
+func (o *traceOptions) run(ctx context.Context) error {
+	var r render.Renderer
+	if o.output == "json" {
+		r = render.NewJSON(o.stdout)
+	} else {
+		r = render.NewText(o.stdout, render.TextOptions{
+			Color: colorWanted(o.stdout, o.color), Clock: tracer.WallClock(), Events: o.events,
+		})
+	}
+	cfg := tracer.Config{
+		Namespace: o.namespace,
+		Service:   o.service,
+		Source:    meta.NewManifestSource(o.manifests),
+		Attach: attach.Options{
+			Backend:     o.backendV,
+			NetnsPath:   o.netns,
+			PerfBuffer:  o.perf,
+			WakeupBytes: 64 << 10,
+		},
+		Duration:  o.duration,
+		Count:     o.count,
+		ReadyFile: o.readyFile,
+		Renderer:  r,
+		Events:    o.events,
+		TraceAll:  o.all,
+		Warn:      o.stderr,
+	}
+	if o.output == "json" {
+		cfg.StatsEvery = o.statsEvery
+	}
+	if isTerminal(o.stderr) && o.output == "text" {
+		cfg.Status = o.stderr
+	}
+	_, err := tracer.Run(ctx, cfg)
+	return err
+}

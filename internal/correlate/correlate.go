@@ -1,0 +1,680 @@
+// Package correlate groups decoded events into packet paths: every event of
+// one packet (same skb, same IP ID) in time order, the NAT steps between
+// them, the route lookups and connect-time source selection of its flow, and
+// where it ended. Time is the kernel's (event timestamps); callers advance it
+// with Advance so that a live trace and a replayed recording produce the same
+// paths.
+package correlate
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/svctrace/svctrace/pkg/event"
+)
+
+// Options configure a Correlator.
+type Options struct {
+	// Idle is how long a packet may go without a new event before its path
+	// is complete. Default 100ms.
+	Idle time.Duration
+	// FlowWindow is how far before a packet a route lookup or connect of
+	// its flow may be. Default 1s.
+	FlowWindow time.Duration
+	// MaxPackets caps the packets being assembled; the oldest is completed
+	// early when the cap is reached (counted in Evicted). Default 65536.
+	MaxPackets int
+	// MaxFlowEvents caps buffered route/connect events. Default 65536.
+	MaxFlowEvents int
+}
+
+type pktKey struct {
+	skb  uint64
+	ipid uint16
+}
+
+type packet struct {
+	key    pktKey
+	events []event.Event
+	last   uint64
+}
+
+// Correlator assembles paths. It is not safe for concurrent use.
+type Correlator struct {
+	opts    Options
+	packets map[pktKey]*packet
+	order   []*packet // by first event, for eviction and deterministic flushing
+	flows   []flowEvent
+	emit    func(*event.Path)
+	evicted uint64
+	dropped uint64 // flow events nobody claimed
+	now     uint64
+}
+
+type flowEvent struct {
+	ev      event.Event
+	claimed bool
+}
+
+// New returns a Correlator that calls emit for every completed path.
+func New(opts Options, emit func(*event.Path)) *Correlator {
+	if opts.Idle == 0 {
+		opts.Idle = 100 * time.Millisecond
+	}
+	if opts.FlowWindow == 0 {
+		opts.FlowWindow = time.Second
+	}
+	if opts.MaxPackets == 0 {
+		opts.MaxPackets = 65536
+	}
+	if opts.MaxFlowEvents == 0 {
+		opts.MaxFlowEvents = 65536
+	}
+	return &Correlator{opts: opts, packets: map[pktKey]*packet{}, emit: emit}
+}
+
+// Evicted returns how many packets were completed early because of the cap.
+func (c *Correlator) Evicted() uint64 { return c.evicted }
+
+// isFlowKind reports kinds that describe a flow, not a packet.
+func isFlowKind(k event.Kind) bool {
+	return k == event.KindFIB || k == event.KindRouteOut || k == event.KindConnect || k == event.KindNATBind
+}
+
+// Add takes one event (it is copied).
+func (c *Correlator) Add(ev *event.Event) {
+	if ev.Time > c.now {
+		c.now = ev.Time
+	}
+	if isFlowKind(ev.Kind) || ev.SKB == 0 {
+		if len(c.flows) >= c.opts.MaxFlowEvents {
+			c.flows = c.flows[1:]
+			c.evicted++
+		}
+		e := *ev
+		e.Header = slices.Clone(ev.Header)
+		c.flows = append(c.flows, flowEvent{ev: e})
+		return
+	}
+	k := pktKey{ev.SKB, ev.IPID}
+	p := c.packets[k]
+	if p != nil && !follows(p.events[len(p.events)-1].Packet, ev.Packet) {
+		// The skb address and IP ID were reused by another packet (kernel
+		// replies such as RSTs carry IP ID 0): complete the first one.
+		c.complete(p)
+		p = nil
+	}
+	if p == nil {
+		if len(c.packets) >= c.opts.MaxPackets {
+			c.evictOldest()
+		}
+		p = &packet{key: k}
+		c.packets[k] = p
+		c.order = append(c.order, p)
+	}
+	e := *ev
+	e.Header = slices.Clone(ev.Header)
+	if ev.Conntrack != nil {
+		ct := *ev.Conntrack
+		e.Conntrack = &ct
+	}
+	p.events = append(p.events, e)
+	p.last = ev.Time
+}
+
+// follows reports whether a packet seen with tuple prev can next be seen with
+// tuple next: unchanged, or rewritten on one side (one NAT step).
+func follows(prev, next event.Tuple) bool {
+	if prev.Proto != next.Proto {
+		return false
+	}
+	return prev.Src == next.Src || prev.Dst == next.Dst
+}
+
+func (c *Correlator) evictOldest() {
+	for len(c.order) > 0 {
+		p := c.order[0]
+		c.order = c.order[1:]
+		if c.packets[p.key] == p {
+			c.evicted++
+			c.complete(p)
+			return
+		}
+	}
+}
+
+// Advance moves the correlator's clock to now (kernel ktime, ns) and
+// completes every packet idle for longer than Options.Idle.
+func (c *Correlator) Advance(now uint64) {
+	if now > c.now {
+		c.now = now
+	}
+	idle := uint64(c.opts.Idle)
+	kept := c.order[:0]
+	for _, p := range c.order {
+		if c.packets[p.key] != p {
+			continue
+		}
+		if p.last+idle <= c.now {
+			c.complete(p)
+			continue
+		}
+		kept = append(kept, p)
+	}
+	clear(c.order[len(kept):])
+	c.order = kept
+	c.expireFlows(c.now)
+}
+
+// Flush completes everything (end of trace or recording).
+func (c *Correlator) Flush() {
+	for _, p := range c.order {
+		if c.packets[p.key] == p {
+			c.complete(p)
+		}
+	}
+	c.order = nil
+	c.expireFlows(^uint64(0))
+}
+
+func (c *Correlator) expireFlows(now uint64) {
+	horizon := uint64(c.opts.FlowWindow + c.opts.Idle)
+	kept := c.flows[:0]
+	var orphans []event.Event
+	for _, f := range c.flows {
+		if now != ^uint64(0) && f.ev.Time+horizon > now {
+			kept = append(kept, f)
+			continue
+		}
+		if !f.claimed {
+			orphans = append(orphans, f.ev)
+		}
+	}
+	clear(c.flows[len(kept):])
+	c.flows = kept
+	c.orphans(orphans)
+}
+
+// orphans handles flow events no packet claimed. A flow whose route lookups
+// all failed never produced a packet, so it is a path of its own (the lookups
+// of one attempt, same namespace, destination and source port, grouped).
+// Anything else unclaimed is only counted.
+func (c *Correlator) orphans(evs []event.Event) {
+	type flowID struct {
+		netns uint32
+		dst   netip.AddrPort
+		sport uint16
+		proto uint8
+	}
+	var order []flowID
+	groups := map[flowID][]event.Event{}
+	for _, ev := range evs {
+		if ev.Kind != event.KindFIB && ev.Kind != event.KindRouteOut && ev.Kind != event.KindConnect {
+			c.dropped++
+			continue
+		}
+		id := flowID{ev.Netns, ev.Packet.Dst, ev.Packet.Src.Port(), ev.Packet.Proto}
+		if _, ok := groups[id]; !ok {
+			order = append(order, id)
+		}
+		groups[id] = append(groups[id], ev)
+	}
+	for _, id := range order {
+		g := groups[id]
+		if routed(g) {
+			c.dropped += uint64(len(g))
+			continue
+		}
+		last := g[len(g)-1]
+		p := &event.Path{
+			Type:     "path",
+			Start:    g[0].Time,
+			End:      last.Time,
+			Original: g[0].Packet,
+			Final:    last.Packet,
+			Client:   event.Endpoint{Addr: last.Packet.Src},
+			Entered:  "local",
+			Result: event.Result{
+				Outcome: event.OutcomeNoRoute,
+				Netns:   last.Netns,
+				Reason:  "no route to " + id.dst.Addr().String(),
+			},
+		}
+		for i := range g {
+			p.Routes = append(p.Routes, routeStep(&g[i]))
+			p.Steps = append(p.Steps, step(&g[i]))
+		}
+		c.emit(p)
+	}
+}
+
+// routed reports whether any lookup of the group succeeded (a miss in the
+// local table followed by a hit in main is a normal lookup) or a connect
+// went ahead.
+func routed(g []event.Event) bool {
+	for i := range g {
+		if g[i].Kind == event.KindConnect || g[i].RouteError == 0 {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *Correlator) complete(p *packet) {
+	delete(c.packets, p.key)
+	slices.SortStableFunc(p.events, func(a, b event.Event) int {
+		switch {
+		case a.Time < b.Time:
+			return -1
+		case a.Time > b.Time:
+			return 1
+		}
+		return 0
+	})
+	c.emit(c.build(p))
+}
+
+func (c *Correlator) build(p *packet) *event.Path {
+	evs := p.events
+	first, last := &evs[0], &evs[len(evs)-1]
+	path := &event.Path{
+		Type:     "path",
+		Start:    first.Time,
+		End:      last.Time,
+		SKB:      p.key.skb,
+		Original: first.Packet,
+		Final:    last.Packet,
+	}
+	netnses := map[uint32]bool{}
+	var ct *event.Conntrack
+	for i := range evs {
+		e := &evs[i]
+		path.Steps = append(path.Steps, step(e))
+		if e.TCPFlags != 0 && path.TCPFlags == 0 {
+			path.TCPFlags = e.TCPFlags
+		}
+		if e.Netns != 0 {
+			netnses[e.Netns] = true
+		}
+		if e.Conntrack != nil {
+			ct = e.Conntrack
+		}
+	}
+	path.Conntrack = ct
+	path.NAT = natSteps(evs)
+	if n := len(path.NAT); n > 0 && path.NAT[n-1].After.Src.IsValid() {
+		// The last rewrite may be the last thing seen (kprobe backends).
+		if last.Kind == event.KindNAT {
+			path.Final = path.NAT[n-1].After
+		}
+	}
+	path.Reply = isReply(first.Packet, ct)
+	if path.Reply {
+		for i := range path.NAT {
+			path.NAT[i].Reverse = true
+		}
+	}
+	path.Client = event.Endpoint{Addr: first.Packet.Src}
+	if path.Reply {
+		path.Client = event.Endpoint{Addr: first.Packet.Dst}
+		if ct != nil {
+			path.Client = event.Endpoint{Addr: ct.Original.Src}
+		}
+	}
+	if ct != nil && ct.DNATed() {
+		path.Backend = event.Endpoint{Addr: ct.Reply.Src}
+	} else if len(path.NAT) > 0 {
+		for _, n := range path.NAT {
+			if n.Type == event.DNAT && !path.Reply {
+				path.Backend = event.Endpoint{Addr: n.After.Dst}
+			}
+		}
+	}
+	path.Entered = entered(first)
+	path.Routes = c.claimRoutes(path, netnses)
+	path.Result = result(evs)
+	return path
+}
+
+// isReply reports whether a packet travels in the reply direction of its
+// conntrack entry (backend -> client).
+func isReply(t event.Tuple, ct *event.Conntrack) bool {
+	if ct == nil {
+		return false
+	}
+	if t.Src == ct.Original.Src && t.Dst == ct.Original.Dst {
+		return false
+	}
+	if t.Src == ct.Reply.Src && t.Dst == ct.Reply.Dst {
+		return true
+	}
+	// Partly translated: the reply comes from the backend or the Service.
+	return t.Src == ct.Reply.Src || t.Src == ct.Original.Dst
+}
+
+func entered(e *event.Event) string {
+	switch {
+	case e.Kind == event.KindNetfilter && e.Hook == event.HookLocalOut:
+		return "local"
+	case e.Kind == event.KindXmit && e.Comm != "":
+		return "local"
+	}
+	return ""
+}
+
+// natSteps lists the packet's rewrites: from nf_nat events when the kernel
+// function backends produced them, else from the netfilter before/after pairs.
+func natSteps(evs []event.Event) []event.NATStep {
+	var out []event.NATStep
+	for i := range evs {
+		e := &evs[i]
+		if e.Kind != event.KindNAT {
+			continue
+		}
+		out = append(out, event.NATStep{
+			Type: e.NAT, By: "nf_nat", Hook: natHook(evs, i), Before: e.Packet, After: e.NATResult, Source: e.Source,
+		})
+	}
+	if len(out) > 0 {
+		return out
+	}
+	for i := range evs {
+		b := &evs[i]
+		if b.Kind != event.KindNetfilter || b.AfterNAT {
+			continue
+		}
+		for j := i + 1; j < len(evs); j++ {
+			a := &evs[j]
+			if a.Kind != event.KindNetfilter || a.Hook != b.Hook || a.Netns != b.Netns {
+				continue
+			}
+			if !a.AfterNAT {
+				break // the packet came through this hook again
+			}
+			if a.Packet != b.Packet {
+				typ := event.SNAT
+				if a.Packet.Dst != b.Packet.Dst {
+					typ = event.DNAT
+				}
+				out = append(out, event.NATStep{
+					Type: typ, By: "nf_nat", Hook: b.Hook.String(), Before: b.Packet, After: a.Packet, Source: a.Source,
+				})
+			}
+			break
+		}
+	}
+	return out
+}
+
+// natHook guesses the netfilter hook of an nf_nat event from its neighbours.
+func natHook(evs []event.Event, i int) string {
+	for j := i - 1; j >= 0; j-- {
+		if evs[j].Kind == event.KindNetfilter {
+			return evs[j].Hook.String()
+		}
+	}
+	return ""
+}
+
+// claimRoutes takes the buffered flow events that belong to this packet: same
+// destination (before or after NAT), compatible source, in the namespaces the
+// packet crossed, between FlowWindow before it and its end.
+func (c *Correlator) claimRoutes(path *event.Path, netnses map[uint32]bool) []event.RouteStep {
+	var tuples []event.Tuple
+	add := func(t event.Tuple) {
+		if !t.IsZero() && !slices.Contains(tuples, t) {
+			tuples = append(tuples, t)
+		}
+	}
+	for _, s := range path.Steps {
+		add(s.Packet)
+	}
+	for _, n := range path.NAT {
+		add(n.Before)
+		add(n.After)
+	}
+	from := uint64(0)
+	if w := uint64(c.opts.FlowWindow); path.Start > w {
+		from = path.Start - w
+	}
+	var out []event.RouteStep
+	for i := range c.flows {
+		f := &c.flows[i]
+		if f.claimed || f.ev.Time < from || f.ev.Time > path.End {
+			continue
+		}
+		if f.ev.Netns != 0 && len(netnses) > 0 && !netnses[f.ev.Netns] {
+			continue
+		}
+		if !flowMatches(&f.ev, tuples) {
+			continue
+		}
+		f.claimed = true
+		if f.ev.Kind == event.KindNATBind {
+			continue // the packet's own NAT steps say it already
+		}
+		out = append(out, routeStep(&f.ev))
+	}
+	return out
+}
+
+func flowMatches(e *event.Event, tuples []event.Tuple) bool {
+	ft := e.Packet
+	for _, t := range tuples {
+		if ft.Dst.Addr() != t.Dst.Addr() {
+			continue
+		}
+		if ft.Dst.Port() != 0 && t.Dst.Port() != 0 && ft.Dst.Port() != t.Dst.Port() {
+			continue
+		}
+		if ft.Proto != 0 && t.Proto != 0 && ft.Proto != t.Proto {
+			continue
+		}
+		if sa := ft.Src.Addr(); sa.IsValid() && !sa.IsUnspecified() && sa != t.Src.Addr() {
+			continue
+		}
+		if ft.Src.Port() != 0 && t.Src.Port() != 0 && ft.Src.Port() != t.Src.Port() {
+			continue
+		}
+		return true
+	}
+	return false
+}
+
+func routeStep(e *event.Event) event.RouteStep {
+	rs := event.RouteStep{
+		Time:     e.Time,
+		Table:    e.Table,
+		Dst:      e.Packet.Dst.Addr(),
+		PrefSrc:  e.PrefSrc,
+		Gateway:  e.Gateway,
+		OutIndex: e.OutIfindex,
+		Error:    e.RouteError,
+		Netns:    e.Netns,
+		Comm:     e.Comm,
+		PID:      e.PID,
+	}
+	if src := e.Packet.Src.Addr(); src.IsValid() && !src.IsUnspecified() {
+		rs.Src = src
+	}
+	switch e.Kind {
+	case event.KindFIB:
+		rs.Kind = "fib"
+	case event.KindRouteOut:
+		rs.Kind = "output"
+	case event.KindConnect:
+		rs.Kind = "connect"
+	}
+	return rs
+}
+
+func step(e *event.Event) event.Step {
+	s := event.Step{Time: e.Time, Kind: e.Kind, Source: e.Source, Netns: e.Netns, Packet: e.Packet}
+	switch e.Kind {
+	case event.KindNetfilter:
+		stage := "before NAT"
+		if e.AfterNAT {
+			stage = "after NAT"
+		}
+		s.Where = e.Hook.String() + " " + stage
+		switch {
+		case e.Hook == event.HookLocalOut && e.RouteIfindex != 0:
+			s.Ifindex = e.RouteIfindex
+		case e.OutIfindex != 0:
+			s.Ifindex = e.OutIfindex
+		default:
+			s.Ifindex = e.InIfindex
+		}
+	case event.KindNAT:
+		s.Where = "nf_nat " + e.NAT.String()
+		s.Detail = fmt.Sprintf("%s -> %s", e.Packet, e.NATResult)
+		s.Ifindex = e.InIfindex
+	case event.KindRecv:
+		s.Where = "received"
+		s.Ifindex = e.InIfindex
+	case event.KindXmit:
+		s.Where = "queued for transmit"
+		s.Ifindex = e.InIfindex
+	case event.KindDrop:
+		s.Where = "dropped"
+		s.Ifindex = e.InIfindex
+		s.Detail = e.DropReason
+		if e.Symbol != "" {
+			s.Detail += " at " + e.Symbol
+		}
+	case event.KindICMP:
+		s.Where = "ICMP error sent"
+		s.Ifindex = e.InIfindex
+		s.Detail = ICMPName(e.ICMPType, e.ICMPCode)
+	case event.KindValidateSource:
+		s.Where = "source validation failed"
+		s.Ifindex = e.InIfindex
+		s.Detail = routeErrorName(e.RouteError)
+	case event.KindFIB:
+		s.Where = fmt.Sprintf("fib table %d", e.Table)
+		s.Ifindex = e.OutIfindex
+		if e.RouteError != 0 {
+			s.Detail = routeErrorName(e.RouteError)
+		}
+	case event.KindRouteOut:
+		s.Where = "output route"
+		s.Ifindex = e.OutIfindex
+	case event.KindConnect:
+		s.Where = "connect"
+	default:
+		s.Where = e.Kind.String()
+	}
+	return s
+}
+
+// socketTeardown reports drop reasons that free a packet already delivered
+// to a socket when the socket goes away: not a network drop.
+func socketTeardown(reason string) bool {
+	switch reason {
+	case "QUEUE_PURGE", "SOCKET_CLOSE", "TCP_CLOSE":
+		return true
+	}
+	return false
+}
+
+// result decides where the packet ended.
+func result(evs []event.Event) event.Result {
+	for i := range evs {
+		e := &evs[i]
+		if e.Kind == event.KindDrop && socketTeardown(e.DropReason) && i > 0 {
+			evs = evs[:i] // delivered; freed later with its socket
+			break
+		}
+		if e.Kind == event.KindDrop {
+			loc := e.Symbol
+			return event.Result{Outcome: event.OutcomeDropped, Ifindex: e.InIfindex, Netns: e.Netns,
+				Reason: dropReason(e), Location: loc}
+		}
+	}
+	for i := range evs {
+		e := &evs[i]
+		if e.Kind == event.KindICMP {
+			return event.Result{Outcome: event.OutcomeRejected, Ifindex: e.InIfindex, Netns: e.Netns,
+				Reason: ICMPName(e.ICMPType, e.ICMPCode)}
+		}
+	}
+	for i := range evs {
+		e := &evs[i]
+		if e.Kind == event.KindValidateSource {
+			return event.Result{Outcome: event.OutcomeDropped, Ifindex: e.InIfindex, Netns: e.Netns,
+				Reason: "source validation failed: " + routeErrorName(e.RouteError)}
+		}
+	}
+	last := &evs[len(evs)-1]
+	switch last.Kind {
+	case event.KindXmit:
+		return event.Result{Outcome: event.OutcomeForwarded, Ifindex: last.InIfindex, Netns: last.Netns}
+	case event.KindRecv:
+		return event.Result{Outcome: event.OutcomeDelivered, Ifindex: last.InIfindex, Netns: last.Netns}
+	case event.KindNetfilter:
+		switch last.Hook {
+		case event.HookLocalIn:
+			return event.Result{Outcome: event.OutcomeDelivered, Ifindex: last.InIfindex, Netns: last.Netns}
+		case event.HookPostRouting:
+			return event.Result{Outcome: event.OutcomeForwarded, Ifindex: last.OutIfindex, Netns: last.Netns}
+		}
+		return event.Result{Outcome: event.OutcomeUnknown, Netns: last.Netns,
+			Reason: "last seen at " + last.Hook.String()}
+	}
+	return event.Result{Outcome: event.OutcomeUnknown, Netns: last.Netns, Reason: "last seen at " + last.Kind.String()}
+}
+
+func dropReason(e *event.Event) string {
+	if e.DropReason != "" {
+		return e.DropReason
+	}
+	return "unknown (this kernel reports no drop reasons)"
+}
+
+// ICMPName describes an ICMP error.
+func ICMPName(typ, code uint8) string {
+	if typ == 3 {
+		names := map[uint8]string{0: "net unreachable", 1: "host unreachable", 2: "protocol unreachable",
+			3: "port unreachable", 4: "fragmentation needed", 9: "net prohibited", 10: "host prohibited",
+			13: "administratively prohibited"}
+		if n, ok := names[code]; ok {
+			return "ICMP " + n
+		}
+		return fmt.Sprintf("ICMP destination unreachable (code %d)", code)
+	}
+	switch typ {
+	case 5:
+		return "ICMP redirect"
+	case 11:
+		return "ICMP time exceeded"
+	case 12:
+		return "ICMP parameter problem"
+	}
+	return fmt.Sprintf("ICMP type %d code %d", typ, code)
+}
+
+// routeErrorName describes a FIB/route error code (negative errno, or the
+// kernel's internal codes seen in fib_table_lookup results).
+func routeErrorName(code int32) string {
+	switch code {
+	case 0:
+		return ""
+	case -101:
+		return "network unreachable (ENETUNREACH)"
+	case -113:
+		return "host unreachable (EHOSTUNREACH)"
+	case -11:
+		return "no matching route in this table"
+	case -22:
+		return "invalid argument (EINVAL)"
+	case -18:
+		return "cross-device (EXDEV: martian or rp_filter)"
+	case -1:
+		return "not permitted (EPERM: prohibit route)"
+	case -13:
+		return "access denied (EACCES)"
+	}
+	return fmt.Sprintf("error %d", code)
+}

@@ -1,0 +1,167 @@
+package kernel
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/features"
+	"golang.org/x/sys/unix"
+)
+
+// Release returns the running kernel's release ("6.1.0-31-amd64").
+func Release() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return "unknown"
+	}
+	return unix.ByteSliceToString(u.Release[:])
+}
+
+// Version returns the running kernel's major and minor version.
+func Version() (major, minor int) {
+	r := Release()
+	parts := strings.SplitN(r, ".", 3)
+	if len(parts) < 2 {
+		return 0, 0
+	}
+	major, _ = strconv.Atoi(parts[0])
+	minorStr := parts[1]
+	if i := strings.IndexFunc(minorStr, func(r rune) bool { return r < '0' || r > '9' }); i >= 0 {
+		minorStr = minorStr[:i]
+	}
+	minor, _ = strconv.Atoi(minorStr)
+	return major, minor
+}
+
+// HaveKprobes reports whether kprobes can be created (the kprobe PMU or
+// tracefs kprobe_events exists).
+func HaveKprobes() error {
+	if _, err := os.Stat("/sys/bus/event_source/devices/kprobe/type"); err == nil {
+		return nil
+	}
+	for _, p := range []string{"/sys/kernel/tracing/kprobe_events", "/sys/kernel/debug/tracing/kprobe_events"} {
+		if _, err := os.Stat(p); err == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("kprobes: %w (CONFIG_KPROBES is off or tracefs is not mounted)", ebpf.ErrNotSupported)
+}
+
+// HaveRingBuf reports whether BPF ring buffers are supported (5.8+).
+func HaveRingBuf() error {
+	return features.HaveMapType(ebpf.RingBuf)
+}
+
+// HaveNetfilterLink reports whether BPF netfilter programs are supported (6.4+).
+func HaveNetfilterLink() error {
+	return features.HaveProgramType(ebpf.Netfilter)
+}
+
+// ModuleLoaded reports whether a kernel module (or built-in with that name)
+// is present.
+func ModuleLoaded(name string) bool {
+	if _, err := os.Stat("/sys/module/" + name); err == nil {
+		return true
+	}
+	return false
+}
+
+// IsNotSupported reports whether err means "this kernel or this node's
+// policy does not allow it" rather than a bug: EPERM, EOPNOTSUPP, ENOTSUPP,
+// EINVAL from an attach, a missing symbol, or ebpf.ErrNotSupported.
+func IsNotSupported(err error) bool {
+	return errors.Is(err, ebpf.ErrNotSupported) || errors.Is(err, unix.EPERM) ||
+		errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, syscall.Errno(524)) ||
+		errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.EINVAL) ||
+		errors.Is(err, unix.E2BIG) || errors.Is(err, unix.EACCES)
+}
+
+// SymbolExists reports whether /proc/kallsyms lists a function of that name
+// (for module functions without BTF, which kprobes can still attach to).
+func SymbolExists(name string) bool {
+	f, err := os.Open("/proc/kallsyms")
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) >= 3 && fields[2] == name {
+			return true
+		}
+	}
+	return false
+}
+
+// Symbols resolves kernel addresses to symbol names from /proc/kallsyms. It
+// loads the table on first use.
+type Symbols struct {
+	once  sync.Once
+	err   error
+	addrs []uint64
+	names []string
+}
+
+// Lookup returns "symbol+0xoff" for addr, or "" if unknown.
+func (s *Symbols) Lookup(addr uint64) string {
+	if addr == 0 {
+		return ""
+	}
+	s.once.Do(s.load)
+	if s.err != nil || len(s.addrs) == 0 {
+		return ""
+	}
+	i := sort.Search(len(s.addrs), func(i int) bool { return s.addrs[i] > addr }) - 1
+	if i < 0 {
+		return ""
+	}
+	off := addr - s.addrs[i]
+	if off > 1<<20 {
+		return ""
+	}
+	return fmt.Sprintf("%s+0x%x", s.names[i], off)
+}
+
+func (s *Symbols) load() {
+	f, err := os.Open("/proc/kallsyms")
+	if err != nil {
+		s.err = err
+		return
+	}
+	defer f.Close()
+	type sym struct {
+		addr uint64
+		name string
+	}
+	var syms []sym
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 3 {
+			continue
+		}
+		if t := fields[1]; t != "t" && t != "T" {
+			continue
+		}
+		a, err := strconv.ParseUint(fields[0], 16, 64)
+		if err != nil || a == 0 {
+			continue
+		}
+		syms = append(syms, sym{a, fields[2]})
+	}
+	sort.Slice(syms, func(i, j int) bool { return syms[i].addr < syms[j].addr })
+	s.addrs = make([]uint64, len(syms))
+	s.names = make([]string, len(syms))
+	for i, x := range syms {
+		s.addrs[i], s.names[i] = x.addr, x.name
+	}
+}

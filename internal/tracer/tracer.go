@@ -1,0 +1,301 @@
+// Package tracer runs a live trace: it resolves the Service from metadata,
+// loads and attaches the probes, programs the in-kernel filter, and drives
+// the pipeline read → decode → correlate → enrich → render until its
+// context ends, a duration passes or enough paths were seen.
+package tracer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/svctrace/svctrace/internal/attach"
+	"github.com/svctrace/svctrace/internal/correlate"
+	"github.com/svctrace/svctrace/internal/decode"
+	"github.com/svctrace/svctrace/internal/enrich"
+	"github.com/svctrace/svctrace/internal/kernel"
+	"github.com/svctrace/svctrace/internal/meta"
+	"github.com/svctrace/svctrace/internal/render"
+	"github.com/svctrace/svctrace/pkg/event"
+)
+
+// ErrHeadless is returned for a Service without a virtual IP.
+var ErrHeadless = errors.New("headless service")
+
+// Config configures a trace.
+type Config struct {
+	Namespace string
+	Service   string
+	// Source provides the cluster's Services, EndpointSlices, Pods and Nodes.
+	Source meta.Source
+	// Attach options (backend, node namespace, transport).
+	Attach attach.Options
+	// Duration stops the trace after this long (0: until the context ends).
+	Duration time.Duration
+	// Count stops the trace after this many paths (0: no limit).
+	Count int
+	// ReadyFile is written once every probe is attached.
+	ReadyFile string
+	// Renderer receives paths, events and stats.
+	Renderer render.Renderer
+	// Events also renders every raw event.
+	Events bool
+	// StatsEvery emits a stats record this often (0: only the final one).
+	StatsEvery time.Duration
+	// Status, when set, receives a one-line live status (a terminal).
+	Status io.Writer
+	// TraceAll disables the in-kernel filter (debugging).
+	TraceAll bool
+	// Warn receives warnings (skipped hooks, lost events).
+	Warn io.Writer
+	// Idle is the correlator's packet completion delay (0: default).
+	Idle time.Duration
+}
+
+// Monotonic returns CLOCK_MONOTONIC in ns: the clock of kernel timestamps.
+func Monotonic() uint64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return uint64(ts.Nano())
+}
+
+// WallClock returns the offset that turns kernel timestamps into wall time.
+func WallClock() render.Clock {
+	return render.Clock{Offset: time.Now().UnixNano() - int64(Monotonic())}
+}
+
+// ResolveService finds the traced Service and its filter.
+func ResolveService(snap *meta.Snapshot, namespace, name string) (*meta.Service, []attach.FilterEntry, error) {
+	svc, err := snap.Service(namespace, name)
+	if err != nil {
+		return nil, nil, err
+	}
+	if svc.Headless {
+		return nil, nil, fmt.Errorf("%w: service %s/%s has no virtual IP (clusterIP: None), so there is no Service path to trace; trace its Pods' addresses instead", ErrHeadless, namespace, name)
+	}
+	fs := snap.Filter(svc)
+	entries := make([]attach.FilterEntry, 0, len(fs.Entries))
+	for _, e := range fs.Entries {
+		entries = append(entries, attach.FilterEntry{Addr: e.Addr, Port: e.Port, Proto: uint8(e.Proto), Role: uint32(e.Role)})
+	}
+	return svc, entries, nil
+}
+
+// Namer adapts a metadata snapshot to enrich.Namer.
+type Namer struct{ Snap *meta.Snapshot }
+
+// NameOf implements enrich.Namer.
+func (n Namer) NameOf(ap netip.AddrPort, proto uint8) string {
+	if n.Snap == nil {
+		return ""
+	}
+	nm := n.Snap.Name(ap.Addr(), ap.Port(), proto)
+	if !nm.Known() {
+		return ""
+	}
+	return nm.String()
+}
+
+// ServiceName returns the display name of the Service port a path used
+// ("default/hostnames:80/TCP"), from the flow's original destination.
+func ServiceName(snap *meta.Snapshot, svc *meta.Service, p *event.Path) string {
+	dst := p.Original.Dst
+	if p.Reply {
+		dst = p.Original.Src
+	}
+	if p.Conntrack != nil {
+		dst = p.Conntrack.Original.Dst
+	}
+	if snap != nil {
+		nm := snap.Name(dst.Addr(), dst.Port(), p.Original.Proto)
+		if nm.Kind == meta.KindService && nm.Namespace == svc.Namespace && nm.Name == svc.Name {
+			return nm.String()
+		}
+	}
+	return svc.Namespace + "/" + svc.Name
+}
+
+// Run traces until ctx ends, the duration passes or Count paths were seen.
+// It returns the final stats.
+func Run(ctx context.Context, cfg Config) (*event.Stats, error) {
+	snap, err := cfg.Source.Snapshot(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read cluster metadata: %w", err)
+	}
+	svc, entries, err := ResolveService(snap, cfg.Namespace, cfg.Service)
+	if err != nil {
+		return nil, err
+	}
+
+	b, err := kernel.LoadBTF()
+	if err != nil {
+		return nil, err
+	}
+	opts := cfg.Attach
+	opts.BTF = b
+	probes, err := attach.Load(opts)
+	if err != nil {
+		return nil, err
+	}
+	defer probes.Close()
+	warn := cfg.Warn
+	if warn == nil {
+		warn = io.Discard
+	}
+	for _, st := range probes.Plan() {
+		if st.Skipped != "" {
+			fmt.Fprintf(warn, "svctrace: hook %s not traced: %s\n", st.Hook, st.Skipped)
+		}
+	}
+	if skipped, err := probes.SetFilter(entries, cfg.TraceAll); err != nil {
+		return nil, fmt.Errorf("program filter: %w", err)
+	} else if skipped > 0 {
+		fmt.Fprintf(warn, "svctrace: %d IPv6 addresses of the service are not traced (IPv4 only)\n", skipped)
+	}
+	reader, err := probes.NewReader()
+	if err != nil {
+		return nil, err
+	}
+	defer reader.Close()
+
+	reasons, _ := b.DropReasons() // kernels before 5.17 have none: reasons stay empty
+	dec := decode.New(decode.Options{DropReasons: reasons, Symbols: &kernel.Symbols{}})
+	hints := map[string]string{}
+	if cfg.Attach.NetnsPath != "" {
+		hints[cfg.Attach.NetnsPath] = "node"
+	}
+	en := &enrich.Enricher{Names: Namer{snap}, Devices: enrich.NewDevices(hints)}
+
+	stats := &event.Stats{}
+	var renderErr error
+	done := false
+	emit := func(p *event.Path) {
+		if done {
+			return // --count reached: what is still in flight is not shown
+		}
+		p.Service = ServiceName(snap, svc, p)
+		en.Path(p)
+		if err := cfg.Renderer.Path(p); err != nil && renderErr == nil {
+			renderErr = err
+		}
+		stats.Paths++
+		if cfg.Count > 0 && stats.Paths >= uint64(cfg.Count) {
+			done = true
+		}
+	}
+	corr := correlate.New(correlate.Options{Idle: cfg.Idle}, emit)
+
+	if cfg.ReadyFile != "" {
+		if err := os.WriteFile(cfg.ReadyFile, []byte(fmt.Sprintf("%d\n", os.Getpid())), 0o644); err != nil {
+			return nil, fmt.Errorf("write ready file: %w", err)
+		}
+	}
+
+	start := time.Now()
+	var deadline time.Time
+	if cfg.Duration > 0 {
+		deadline = start.Add(cfg.Duration)
+	}
+	lastStats, lastStatus := start, start
+	var statusEvents uint64
+	var ev event.Event
+	const poll = 50 * time.Millisecond
+
+	collect := func(final bool) {
+		stats.Elapsed = time.Since(start).Seconds()
+		stats.Evicted = corr.Evicted()
+		emitted, lost, err := probes.Counters()
+		if err == nil {
+			stats.Emitted, stats.Lost = 0, 0
+			for i := range emitted {
+				stats.Emitted += emitted[i]
+				stats.Lost += lost[i]
+			}
+			stats.LostPerCPU = lost
+		}
+		stats.Lost += reader.LostSamples()
+		stats.Final = final
+	}
+
+	for !done && renderErr == nil {
+		if ctx.Err() != nil {
+			break
+		}
+		now := time.Now()
+		if !deadline.IsZero() && now.After(deadline) {
+			break
+		}
+		rec, err := reader.Read(now.Add(poll))
+		switch {
+		case err == nil:
+			stats.Events++
+			if err := dec.Decode(rec, &ev); err != nil {
+				stats.DecodeErrors++
+				continue
+			}
+			if cfg.Events {
+				en.Event(&ev)
+				if err := cfg.Renderer.Event(&ev); err != nil {
+					renderErr = err
+				}
+			}
+			corr.Add(&ev)
+			if stats.Events%256 != 0 {
+				continue // amortise the clock work below
+			}
+		case errors.Is(err, os.ErrDeadlineExceeded):
+		case errors.Is(err, attach.ErrReaderClosed):
+			done = true
+		default:
+			return nil, fmt.Errorf("read events: %w", err)
+		}
+		now = time.Now()
+		corr.Advance(Monotonic())
+		if cfg.StatsEvery > 0 && now.Sub(lastStats) >= cfg.StatsEvery {
+			lastStats = now
+			collect(false)
+			_ = cfg.Renderer.Stats(stats)
+		}
+		if cfg.Status != nil && now.Sub(lastStatus) >= time.Second {
+			collect(false)
+			rate := float64(stats.Events-statusEvents) / now.Sub(lastStatus).Seconds()
+			statusEvents = stats.Events
+			lastStatus = now
+			fmt.Fprintf(cfg.Status, "\r\x1b[2Ktracing %s/%s: %.0f events/s, %d paths, %d lost, %s",
+				svc.Namespace, svc.Name, rate, stats.Paths, stats.Lost, time.Since(start).Truncate(time.Second))
+		}
+		_ = cfg.Renderer.Flush()
+	}
+	if cfg.Status != nil {
+		fmt.Fprint(cfg.Status, "\r\x1b[2K")
+	}
+	// Drain what the kernel already submitted, then complete every path.
+	for !done {
+		rec, err := reader.Read(time.Now().Add(10 * time.Millisecond))
+		if err != nil {
+			break
+		}
+		stats.Events++
+		if dec.Decode(rec, &ev) == nil {
+			corr.Add(&ev)
+		}
+	}
+	corr.Flush()
+	collect(true)
+	if err := cfg.Renderer.Stats(stats); err != nil && renderErr == nil {
+		renderErr = err
+	}
+	if err := cfg.Renderer.Flush(); err != nil && renderErr == nil {
+		renderErr = err
+	}
+	if stats.Lost > 0 {
+		fmt.Fprintf(warn, "svctrace: %d events lost (ring buffer full)\n", stats.Lost)
+	}
+	return stats, renderErr
+}
