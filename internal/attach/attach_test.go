@@ -1,0 +1,184 @@
+package attach
+
+import (
+	"errors"
+	"net/netip"
+	"os"
+	"os/exec"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/svctrace/svctrace/internal/bpfobj"
+	"github.com/svctrace/svctrace/internal/kernel"
+	"github.com/svctrace/svctrace/internal/testenv"
+)
+
+// ourLinks lists the kernel's BPF links whose program is one of svctrace's.
+func ourLinks(t *testing.T) map[link.ID]string {
+	t.Helper()
+	names := map[string]bool{}
+	spec, err := bpfobj.LoadSvctrace()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for n := range spec.Programs {
+		names[n] = true // cilium/ebpf reports full names (from BTF), not the kernel's 15 characters
+	}
+	out := map[link.ID]string{}
+	it := new(link.Iterator)
+	defer it.Close()
+	for it.Next() {
+		info, err := it.Link.Info()
+		if err != nil {
+			continue
+		}
+		prog, err := ebpf.NewProgramFromID(info.Program)
+		if err != nil {
+			continue
+		}
+		pi, err := prog.Info()
+		prog.Close()
+		if err == nil && names[pi.Name] {
+			out[info.ID] = pi.Name
+		}
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func newNetns(t *testing.T) string {
+	t.Helper()
+	name := "stattach" + t.Name()[len(t.Name())-3:]
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
+	return "/run/netns/" + name
+}
+
+func TestLoadAttachAndRelease(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.SkipIfMissing(t, "BPF netfilter links (6.4+)", kernel.HaveNetfilterLink())
+	before := ourLinks(t)
+	ns := newNetns(t)
+	p, err := Load(Options{Backend: BackendNetfilter, NetnsPath: ns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, st := range p.Plan() {
+		got[st.Hook] = st.Impl
+		if st.Impl == "" && st.Skipped == "" {
+			t.Errorf("hook %s neither attached nor skipped", st.Hook)
+		}
+	}
+	for hook, want := range map[string]string{
+		"netfilter": "netfilter", "nat": "netfilter", "route": "tracepoint",
+		"drop": "tracepoint", "devices": "tracepoint", "source": "tracepoint",
+	} {
+		if got[hook] != want {
+			t.Errorf("hook %s uses %q, want %q", hook, got[hook], want)
+		}
+	}
+	during := ourLinks(t)
+	// 9 netfilter links (5 before, 4 after NAT) plus one per tracepoint.
+	if n := len(during) - len(before); n != 9+6 {
+		t.Errorf("%d links attached, want 15 (9 netfilter, 6 tracepoints): %v", n, during)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	after := ourLinks(t)
+	for id, name := range after {
+		if _, ok := before[id]; !ok {
+			t.Errorf("link %d (%s) left behind after Close", id, name)
+		}
+	}
+}
+
+func TestForcedBackendReportsSkips(t *testing.T) {
+	testenv.RequireRoot(t)
+	p, err := Load(Options{Backend: BackendKprobe, LoadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	for _, st := range p.Plan() {
+		if st.Hook == "netfilter" && st.Impl != "" {
+			t.Errorf("netfilter links attached with --backend kprobe")
+		}
+		if st.Hook == "nat" {
+			if kernel.HaveKprobes() == nil && kernel.ModuleLoaded("nf_nat") {
+				if st.Impl != "kprobe" {
+					t.Errorf("nat hook uses %q with kprobes available: %v", st.Impl, st.Tried)
+				}
+			} else if st.Skipped == "" || len(st.Tried) == 0 {
+				t.Errorf("nat hook on a kernel without kprobes: want a skip with its reason, got %+v", st)
+			}
+		}
+	}
+}
+
+func TestFilterUpdatesInPlace(t *testing.T) {
+	testenv.RequireRoot(t)
+	p, err := Load(Options{Backend: BackendNetfilter, LoadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	a := netip.MustParseAddr("10.96.0.10")
+	b := netip.MustParseAddr("10.244.1.5")
+	if _, err := p.SetFilter([]FilterEntry{{Addr: a, Port: 80, Proto: 6}, {Addr: b, Port: 9376, Proto: 6}, {Port: 30080, Proto: 6}}, false); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, p.Map("filter")); n != 3 {
+		t.Errorf("filter has %d keys, want 3", n)
+	}
+	if n := count(t, p.Map("filter_addrs")); n != 2 {
+		t.Errorf("filter_addrs has %d keys, want 2", n)
+	}
+	var cfg bpfobj.SvctraceConfig
+	if err := p.Map("config_map").Lookup(uint32(0), &cfg); err != nil || cfg.AnyAddrKeys != 1 {
+		t.Errorf("config %+v (%v): want any_addr_keys for the NodePort", cfg, err)
+	}
+	// The backend changed: its old address goes, the new one comes, the rest stays.
+	c := netip.MustParseAddr("10.244.1.6")
+	skipped, err := p.SetFilter([]FilterEntry{{Addr: a, Port: 80, Proto: 6}, {Addr: c, Port: 9376, Proto: 6}, {Addr: netip.MustParseAddr("fd00::1"), Port: 80, Proto: 6}}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if skipped != 1 {
+		t.Errorf("skipped %d IPv6 entries, want 1", skipped)
+	}
+	k, _ := filterKey(FilterEntry{Addr: b, Port: 9376, Proto: 6})
+	var role uint32
+	if err := p.Map("filter").Lookup(k, &role); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Errorf("old backend still in the filter (%v)", err)
+	}
+	if n := count(t, p.Map("filter")); n != 2 {
+		t.Errorf("filter has %d keys, want 2", n)
+	}
+	if err := p.Map("config_map").Lookup(uint32(0), &cfg); err != nil || cfg.AnyAddrKeys != 0 {
+		t.Errorf("config %+v: any_addr_keys should be off without NodePorts", cfg)
+	}
+}
+
+func count(t *testing.T, m *ebpf.Map) int {
+	t.Helper()
+	n := 0
+	var k, v []byte
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestMain(m *testing.M) { os.Exit(m.Run()) }
