@@ -46,6 +46,10 @@ enum event_kind {
 	EV_ICMP = 9,        // ICMP error sent about a traced packet
 	EV_RECV = 10,       // netif_receive_skb: packet entered a device
 	EV_XMIT = 11,       // net_dev_queue: packet handed to a device
+	EV_IPVS_IN = 12,    // ip_vs_in_hook / ip_vs_in: packet entered IPVS
+	EV_IPVS_CONN = 13,  // ip_vs_conn_new: new IPVS connection to a real server
+	EV_IPVS_NODEST = 14,// ip_vs_scheduler_err: virtual server had no destination
+	EV_IPVS_XMIT = 15,  // ip_vs_nat_xmit: packet sent to a real server (NAT/masquerade)
 };
 
 // Which implementation produced an event.
@@ -100,6 +104,8 @@ struct event {
 	struct tuple pkt;
 	struct tuple ct_orig;
 	struct tuple ct_reply;
+	__u32 rs_weight; // IPVS real server weight
+	__u32 rs_flags;  // IPVS real server flags (bit 0: available); bit 31: weight/flags valid
 	char comm[16];
 	__u8 hdr[HDR_SNAP]; // IPv4 header + start of L4, for pcapng export
 };
@@ -186,6 +192,7 @@ struct {
 } kargs_map SEC(".maps");
 
 enum kfn {
+	KFN_IPVS_SKB = 5, // the skb IPVS is working on, saved at ip_vs_in
 	KFN_NAT_SETUP = 1,
 	KFN_FIB_LOOKUP = 2,
 	KFN_ROUTE_OUT = 3,
@@ -899,5 +906,196 @@ SEC("kprobe/__icmp_send")
 int BPF_KPROBE(kp_icmp_send, struct sk_buff *skb, int type, int code)
 {
 	icmp_common(ctx, skb, type, code, SRC_KPROBE);
+	return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * IPVS (module ip_vs). The few IPVS structs read are declared here and
+ * relocated against the module's BTF; without module BTF (5.10) only function
+ * arguments and the packet itself are used.
+ * ------------------------------------------------------------------------- */
+
+struct ip_vs_dest {
+	__be16 port;
+	union nf_inet_addr addr;
+	volatile unsigned int flags;
+	atomic_t weight;
+} __attribute__((preserve_access_index));
+
+struct ip_vs_conn {
+	__be16 cport;
+	__be16 dport;
+	__be16 vport;
+	u16 af;
+	union nf_inet_addr caddr;
+	union nf_inet_addr vaddr;
+	union nf_inet_addr daddr;
+	volatile __u32 flags;
+	__u16 protocol;
+	struct ip_vs_dest *dest;
+} __attribute__((preserve_access_index));
+
+// ip_vs_in: remember the traced skb IPVS is handling on this task, so that
+// the connection and scheduling hooks (which get no skb) can be tied to it.
+static __always_inline void ipvs_in(void *ctx, struct sk_buff *skb, __u8 source)
+{
+	struct kargs_key k = {.pid_tgid = bpf_get_current_pid_tgid(), .fn = KFN_IPVS_SKB};
+	struct event *e = skb_event(skb, EV_IPVS_IN, source, 0);
+	if (!e) {
+		bpf_map_delete_elem(&kargs_map, &k);
+		return;
+	}
+	struct kargs v = {.a = {(__u64)skb, e->pkt.saddr | ((__u64)e->pkt.daddr << 32),
+				e->pkt.sport | ((__u64)e->pkt.dport << 16) | ((__u64)e->pkt.proto << 32), 0}};
+	bpf_map_update_elem(&kargs_map, &k, &v, BPF_ANY);
+	struct net_device *dev = BPF_CORE_READ(skb, dev);
+	if (dev)
+		e->ifindex = BPF_CORE_READ(dev, ifindex);
+	ev_submit(ctx, e);
+}
+
+SEC("kprobe/ip_vs_in_hook")
+int BPF_KPROBE(kp_ipvs_in_hook, void *priv, struct sk_buff *skb)
+{
+	ipvs_in(ctx, skb, SRC_KPROBE);
+	return 0;
+}
+
+SEC("fentry/ip_vs_in_hook")
+int BPF_PROG(fe_ipvs_in_hook, void *priv, struct sk_buff *skb)
+{
+	ipvs_in(ctx, skb, SRC_FENTRY);
+	return 0;
+}
+
+// Kernels before 6.0: ip_vs_in(ipvs, hooknum, skb, af).
+SEC("kprobe/ip_vs_in")
+int BPF_KPROBE(kp_ipvs_in, void *ipvs, unsigned int hooknum, struct sk_buff *skb)
+{
+	ipvs_in(ctx, skb, SRC_KPROBE);
+	return 0;
+}
+
+// ipvs_event starts an event about the skb saved by ipvs_in on this task.
+static __always_inline struct event *ipvs_event(__u32 kind, __u8 source)
+{
+	struct kargs_key k = {.pid_tgid = bpf_get_current_pid_tgid(), .fn = KFN_IPVS_SKB};
+	struct kargs *v = bpf_map_lookup_elem(&kargs_map, &k);
+	if (!v)
+		return 0;
+	__u64 skb = v->a[0], addrs = v->a[1], ports = v->a[2];
+	struct event *e = ev_new(kind, source, 0);
+	if (!e)
+		return 0;
+	e->skb = skb;
+	e->pkt.saddr = (__u32)addrs;
+	e->pkt.daddr = (__u32)(addrs >> 32);
+	e->pkt.sport = (__u16)ports;
+	e->pkt.dport = (__u16)(ports >> 16);
+	e->pkt.proto = (__u8)(ports >> 32);
+	e->netns = skb_netns((struct sk_buff *)skb, 0);
+	return e;
+}
+
+static __always_inline void dest_info(struct ip_vs_dest *dest, struct event *e)
+{
+	if (!dest || !bpf_core_type_exists(struct ip_vs_dest))
+		return;
+	e->rs_weight = BPF_CORE_READ(dest, weight.counter);
+	e->rs_flags = BPF_CORE_READ(dest, flags) | (1U << 31);
+}
+
+// ip_vs_conn_new(p, dest_af, daddr, dport, flags, dest, fwmark): the real
+// server comes from the arguments (no IPVS struct needed).
+static __always_inline void ipvs_conn_new(void *ctx, const void *daddr, __u16 dport,
+					  struct ip_vs_dest *dest, __u8 source)
+{
+	struct event *e = ipvs_event(EV_IPVS_CONN, source);
+	if (!e)
+		return;
+	__u32 rs = 0;
+	bpf_probe_read_kernel(&rs, sizeof(rs), daddr);
+	e->ct_reply.saddr = rs;
+	e->ct_reply.sport = bpf_ntohs(dport);
+	e->ct_reply.daddr = e->pkt.saddr;
+	e->ct_reply.dport = e->pkt.sport;
+	e->ct_reply.proto = e->pkt.proto;
+	e->ct_orig = e->pkt;
+	e->ct_valid = 2; // IPVS connection tuples
+	dest_info(dest, e);
+	ev_submit(ctx, e);
+}
+
+SEC("kprobe/ip_vs_conn_new")
+int BPF_KPROBE(kp_ipvs_conn_new, const void *p, int dest_af, const void *daddr, __u16 dport)
+{
+	ipvs_conn_new(ctx, daddr, dport, 0, SRC_KPROBE);
+	return 0;
+}
+
+SEC("fentry/ip_vs_conn_new")
+int BPF_PROG(fe_ipvs_conn_new, const void *p, int dest_af, const void *daddr, __u16 dport,
+	     unsigned int flags, struct ip_vs_dest *dest)
+{
+	ipvs_conn_new(ctx, daddr, dport, dest, SRC_FENTRY);
+	return 0;
+}
+
+// ip_vs_scheduler_err(svc, msg): the virtual server had no destination.
+SEC("kprobe/ip_vs_scheduler_err")
+int BPF_KPROBE(kp_ipvs_sched_err)
+{
+	struct event *e = ipvs_event(EV_IPVS_NODEST, SRC_KPROBE);
+	if (e)
+		ev_submit(ctx, e);
+	return 0;
+}
+
+SEC("fentry/ip_vs_scheduler_err")
+int BPF_PROG(fe_ipvs_sched_err)
+{
+	struct event *e = ipvs_event(EV_IPVS_NODEST, SRC_FENTRY);
+	if (e)
+		ev_submit(ctx, e);
+	return 0;
+}
+
+// ip_vs_nat_xmit(skb, cp, pp, ipvsh): the packet before IPVS rewrites it,
+// with the connection's client, virtual and real addresses when the module
+// has BTF.
+static __always_inline void ipvs_xmit(void *ctx, struct sk_buff *skb, struct ip_vs_conn *cp, __u8 source)
+{
+	struct event *e = skb_event(skb, EV_IPVS_XMIT, source, 0);
+	if (!e)
+		return;
+	if (cp && bpf_core_type_exists(struct ip_vs_conn)) {
+		e->ct_orig.saddr = BPF_CORE_READ(cp, caddr.ip);
+		e->ct_orig.sport = bpf_ntohs(BPF_CORE_READ(cp, cport));
+		e->ct_orig.daddr = BPF_CORE_READ(cp, vaddr.ip);
+		e->ct_orig.dport = bpf_ntohs(BPF_CORE_READ(cp, vport));
+		e->ct_orig.proto = BPF_CORE_READ(cp, protocol);
+		e->ct_reply.saddr = BPF_CORE_READ(cp, daddr.ip);
+		e->ct_reply.sport = bpf_ntohs(BPF_CORE_READ(cp, dport));
+		e->ct_reply.daddr = e->ct_orig.saddr;
+		e->ct_reply.dport = e->ct_orig.sport;
+		e->ct_reply.proto = e->ct_orig.proto;
+		e->ct_valid = 2;
+		e->location = (__u64)cp;
+		dest_info(BPF_CORE_READ(cp, dest), e);
+	}
+	ev_submit(ctx, e);
+}
+
+SEC("kprobe/ip_vs_nat_xmit")
+int BPF_KPROBE(kp_ipvs_nat_xmit, struct sk_buff *skb, struct ip_vs_conn *cp)
+{
+	ipvs_xmit(ctx, skb, cp, SRC_KPROBE);
+	return 0;
+}
+
+SEC("fentry/ip_vs_nat_xmit")
+int BPF_PROG(fe_ipvs_nat_xmit, struct sk_buff *skb, struct ip_vs_conn *cp)
+{
+	ipvs_xmit(ctx, skb, cp, SRC_FENTRY);
 	return 0;
 }

@@ -55,6 +55,8 @@ type SvctraceEvent struct {
 	Pkt          SvctraceTuple
 	CtOrig       SvctraceTuple
 	CtReply      SvctraceTuple
+	RsWeight     uint32
+	RsFlags      uint32
 	Comm         [16]int8
 	Hdr          [64]uint8
 }
@@ -73,6 +75,10 @@ const (
 	SvctraceEventKindEV_ICMP         SvctraceEventKind = 9
 	SvctraceEventKindEV_RECV         SvctraceEventKind = 10
 	SvctraceEventKindEV_XMIT         SvctraceEventKind = 11
+	SvctraceEventKindEV_IPVS_IN      SvctraceEventKind = 12
+	SvctraceEventKindEV_IPVS_CONN    SvctraceEventKind = 13
+	SvctraceEventKindEV_IPVS_NODEST  SvctraceEventKind = 14
+	SvctraceEventKindEV_IPVS_XMIT    SvctraceEventKind = 15
 )
 
 type SvctraceEventSource uint32
@@ -126,6 +132,10 @@ const (
 	SvctraceMapFilterAddrs           = "filter_addrs"
 	SvctraceMapKargsMap              = "kargs_map"
 	SvctraceMapScratch               = "scratch"
+	SvctraceProgFeIpvsConnNew        = "fe_ipvs_conn_new"
+	SvctraceProgFeIpvsInHook         = "fe_ipvs_in_hook"
+	SvctraceProgFeIpvsNatXmit        = "fe_ipvs_nat_xmit"
+	SvctraceProgFeIpvsSchedErr       = "fe_ipvs_sched_err"
 	SvctraceProgFeNatManipPkt        = "fe_nat_manip_pkt"
 	SvctraceProgFxFibTableLookup     = "fx_fib_table_lookup"
 	SvctraceProgFxFibValidateSource  = "fx_fib_validate_source"
@@ -134,6 +144,11 @@ const (
 	SvctraceProgKpFibTableLookup     = "kp_fib_table_lookup"
 	SvctraceProgKpFibValidateSource  = "kp_fib_validate_source"
 	SvctraceProgKpIcmpSend           = "kp_icmp_send"
+	SvctraceProgKpIpvsConnNew        = "kp_ipvs_conn_new"
+	SvctraceProgKpIpvsIn             = "kp_ipvs_in"
+	SvctraceProgKpIpvsInHook         = "kp_ipvs_in_hook"
+	SvctraceProgKpIpvsNatXmit        = "kp_ipvs_nat_xmit"
+	SvctraceProgKpIpvsSchedErr       = "kp_ipvs_sched_err"
 	SvctraceProgKpNatManipPkt        = "kp_nat_manip_pkt"
 	SvctraceProgKpNatSetupInfo       = "kp_nat_setup_info"
 	SvctraceProgKpRouteOutput        = "kp_route_output"
@@ -203,6 +218,10 @@ type SvctraceSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SvctraceProgramSpecs struct {
+	FeIpvsConnNew        *ebpf.ProgramSpec `ebpf:"fe_ipvs_conn_new"`
+	FeIpvsInHook         *ebpf.ProgramSpec `ebpf:"fe_ipvs_in_hook"`
+	FeIpvsNatXmit        *ebpf.ProgramSpec `ebpf:"fe_ipvs_nat_xmit"`
+	FeIpvsSchedErr       *ebpf.ProgramSpec `ebpf:"fe_ipvs_sched_err"`
 	FeNatManipPkt        *ebpf.ProgramSpec `ebpf:"fe_nat_manip_pkt"`
 	FxFibTableLookup     *ebpf.ProgramSpec `ebpf:"fx_fib_table_lookup"`
 	FxFibValidateSource  *ebpf.ProgramSpec `ebpf:"fx_fib_validate_source"`
@@ -211,6 +230,11 @@ type SvctraceProgramSpecs struct {
 	KpFibTableLookup     *ebpf.ProgramSpec `ebpf:"kp_fib_table_lookup"`
 	KpFibValidateSource  *ebpf.ProgramSpec `ebpf:"kp_fib_validate_source"`
 	KpIcmpSend           *ebpf.ProgramSpec `ebpf:"kp_icmp_send"`
+	KpIpvsConnNew        *ebpf.ProgramSpec `ebpf:"kp_ipvs_conn_new"`
+	KpIpvsIn             *ebpf.ProgramSpec `ebpf:"kp_ipvs_in"`
+	KpIpvsInHook         *ebpf.ProgramSpec `ebpf:"kp_ipvs_in_hook"`
+	KpIpvsNatXmit        *ebpf.ProgramSpec `ebpf:"kp_ipvs_nat_xmit"`
+	KpIpvsSchedErr       *ebpf.ProgramSpec `ebpf:"kp_ipvs_sched_err"`
 	KpNatManipPkt        *ebpf.ProgramSpec `ebpf:"kp_nat_manip_pkt"`
 	KpNatSetupInfo       *ebpf.ProgramSpec `ebpf:"kp_nat_setup_info"`
 	KpRouteOutput        *ebpf.ProgramSpec `ebpf:"kp_route_output"`
@@ -320,6 +344,10 @@ type SvctraceVariables struct {
 //
 // It can be passed to LoadSvctraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SvctracePrograms struct {
+	FeIpvsConnNew        *ebpf.Program `ebpf:"fe_ipvs_conn_new"`
+	FeIpvsInHook         *ebpf.Program `ebpf:"fe_ipvs_in_hook"`
+	FeIpvsNatXmit        *ebpf.Program `ebpf:"fe_ipvs_nat_xmit"`
+	FeIpvsSchedErr       *ebpf.Program `ebpf:"fe_ipvs_sched_err"`
 	FeNatManipPkt        *ebpf.Program `ebpf:"fe_nat_manip_pkt"`
 	FxFibTableLookup     *ebpf.Program `ebpf:"fx_fib_table_lookup"`
 	FxFibValidateSource  *ebpf.Program `ebpf:"fx_fib_validate_source"`
@@ -328,6 +356,11 @@ type SvctracePrograms struct {
 	KpFibTableLookup     *ebpf.Program `ebpf:"kp_fib_table_lookup"`
 	KpFibValidateSource  *ebpf.Program `ebpf:"kp_fib_validate_source"`
 	KpIcmpSend           *ebpf.Program `ebpf:"kp_icmp_send"`
+	KpIpvsConnNew        *ebpf.Program `ebpf:"kp_ipvs_conn_new"`
+	KpIpvsIn             *ebpf.Program `ebpf:"kp_ipvs_in"`
+	KpIpvsInHook         *ebpf.Program `ebpf:"kp_ipvs_in_hook"`
+	KpIpvsNatXmit        *ebpf.Program `ebpf:"kp_ipvs_nat_xmit"`
+	KpIpvsSchedErr       *ebpf.Program `ebpf:"kp_ipvs_sched_err"`
 	KpNatManipPkt        *ebpf.Program `ebpf:"kp_nat_manip_pkt"`
 	KpNatSetupInfo       *ebpf.Program `ebpf:"kp_nat_setup_info"`
 	KpRouteOutput        *ebpf.Program `ebpf:"kp_route_output"`
@@ -348,6 +381,10 @@ type SvctracePrograms struct {
 
 func (p *SvctracePrograms) Close() error {
 	return _SvctraceClose(
+		p.FeIpvsConnNew,
+		p.FeIpvsInHook,
+		p.FeIpvsNatXmit,
+		p.FeIpvsSchedErr,
 		p.FeNatManipPkt,
 		p.FxFibTableLookup,
 		p.FxFibValidateSource,
@@ -356,6 +393,11 @@ func (p *SvctracePrograms) Close() error {
 		p.KpFibTableLookup,
 		p.KpFibValidateSource,
 		p.KpIcmpSend,
+		p.KpIpvsConnNew,
+		p.KpIpvsIn,
+		p.KpIpvsInHook,
+		p.KpIpvsNatXmit,
+		p.KpIpvsSchedErr,
 		p.KpNatManipPkt,
 		p.KpNatSetupInfo,
 		p.KpRouteOutput,
