@@ -129,7 +129,7 @@ nodes) tracepoints plus BPF netfilter links. 'svctrace doctor' shows which.`,
 	root.SetErr(stderr)
 	root.Version = Version
 	o.addFlags(root)
-	root.AddCommand(newDoctor(stdout, stderr), newVersion(stdout))
+	root.AddCommand(newDoctor(stdout, stderr), newDemo(stdout, stderr), newVersion(stdout))
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageErr(fmt.Errorf("%w (see '%s --help')", err, c.CommandPath()))
 	})

@@ -34,6 +34,7 @@ type traceOptions struct {
 	all        bool
 	perf       bool
 	statsEvery time.Duration
+	per        string
 
 	backendV attach.Backend
 }
@@ -54,12 +55,16 @@ func (o *traceOptions) addFlags(c *cobra.Command) {
 	f.BoolVar(&o.all, "all", false, "trace every IPv4 packet, not only the Service's (debugging; expensive)")
 	f.BoolVar(&o.perf, "perf-buffer", false, "use a perf event array instead of the ring buffer (automatic on kernels before 5.8)")
 	f.DurationVar(&o.statsEvery, "stats-interval", 5*time.Second, "with -o json, emit a stats line this often (0: only at exit)")
+	f.StringVar(&o.per, "per", "packet", "one block per packet, or per flow (the first packet of each direction and every failed packet)")
 	_ = f.MarkHidden("perf-buffer")
 }
 
 func (o *traceOptions) complete(c *cobra.Command) error {
 	if o.service == "" {
 		return usageErr(fmt.Errorf("--svc is required: name the Service to trace (see 'svctrace --help')"))
+	}
+	if o.per != "packet" && o.per != "flow" {
+		return usageErr(fmt.Errorf("--per %q: use packet or flow", o.per))
 	}
 	if o.output != "text" && o.output != "json" {
 		return usageErr(fmt.Errorf("--output %q: use text or json", o.output))
@@ -120,6 +125,7 @@ func (o *traceOptions) run(ctx context.Context) error {
 		Events:    o.events,
 		TraceAll:  o.all,
 		Warn:      o.stderr,
+		PerFlow:   o.per == "flow",
 	}
 	if o.output == "json" {
 		cfg.StatsEvery = o.statsEvery

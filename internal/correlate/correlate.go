@@ -264,6 +264,19 @@ func routed(g []event.Event) bool {
 
 func (c *Correlator) complete(p *packet) {
 	delete(c.packets, p.key)
+	teardownOnly := true
+	for i := range p.events {
+		if p.events[i].Kind != event.KindDrop || !socketTeardown(p.events[i].DropReason) {
+			teardownOnly = false
+			break
+		}
+	}
+	if teardownOnly {
+		// A delivered packet freed with its socket, seen after its path
+		// completed: nothing new to report.
+		c.dropped += uint64(len(p.events))
+		return
+	}
 	slices.SortStableFunc(p.events, func(a, b event.Event) int {
 		switch {
 		case a.Time < b.Time:
@@ -579,33 +592,46 @@ func socketTeardown(reason string) bool {
 	return false
 }
 
-// result decides where the packet ended.
+// result decides where the packet ended: answered with an ICMP error
+// (rejected), dropped, or the last place it was seen.
 func result(evs []event.Event) event.Result {
+	var drop, icmp, invalid *event.Event
 	for i := range evs {
 		e := &evs[i]
-		if e.Kind == event.KindDrop && socketTeardown(e.DropReason) && i > 0 {
-			evs = evs[:i] // delivered; freed later with its socket
+		switch e.Kind {
+		case event.KindDrop:
+			if socketTeardown(e.DropReason) && i > 0 {
+				evs = evs[:i] // delivered; freed later with its socket
+			} else if drop == nil {
+				drop = e
+			}
+		case event.KindICMP:
+			if icmp == nil {
+				icmp = e
+			}
+		case event.KindValidateSource:
+			if invalid == nil {
+				invalid = e
+			}
+		}
+		if len(evs) == i {
 			break
 		}
-		if e.Kind == event.KindDrop {
-			loc := e.Symbol
-			return event.Result{Outcome: event.OutcomeDropped, Ifindex: e.InIfindex, Netns: e.Netns,
-				Reason: dropReason(e), Location: loc}
-		}
 	}
-	for i := range evs {
-		e := &evs[i]
-		if e.Kind == event.KindICMP {
-			return event.Result{Outcome: event.OutcomeRejected, Ifindex: e.InIfindex, Netns: e.Netns,
-				Reason: ICMPName(e.ICMPType, e.ICMPCode)}
+	switch {
+	case icmp != nil:
+		r := event.Result{Outcome: event.OutcomeRejected, Ifindex: icmp.InIfindex, Netns: icmp.Netns,
+			Reason: ICMPName(icmp.ICMPType, icmp.ICMPCode)}
+		if drop != nil {
+			r.DropReason, r.Location = dropReason(drop), drop.Symbol
 		}
-	}
-	for i := range evs {
-		e := &evs[i]
-		if e.Kind == event.KindValidateSource {
-			return event.Result{Outcome: event.OutcomeDropped, Ifindex: e.InIfindex, Netns: e.Netns,
-				Reason: "source validation failed: " + routeErrorName(e.RouteError)}
-		}
+		return r
+	case drop != nil:
+		return event.Result{Outcome: event.OutcomeDropped, Ifindex: drop.InIfindex, Netns: drop.Netns,
+			Reason: dropReason(drop), Location: drop.Symbol}
+	case invalid != nil:
+		return event.Result{Outcome: event.OutcomeDropped, Ifindex: invalid.InIfindex, Netns: invalid.Netns,
+			Reason: "source validation failed: " + routeErrorName(invalid.RouteError)}
 	}
 	last := &evs[len(evs)-1]
 	switch last.Kind {

@@ -64,6 +64,9 @@ func (e *Enricher) Path(p *event.Path) {
 		if r.OutIndex != 0 {
 			r.OutDev = e.Devices.Device(r.Netns, r.OutIndex)
 		}
+		if r.Netns != 0 {
+			r.NetnsName = e.Devices.Netns(r.Netns)
+		}
 	}
 	if p.Result.Ifindex != 0 {
 		p.Result.Dev = e.Devices.Device(p.Result.Netns, p.Result.Ifindex)

@@ -139,8 +139,17 @@ func (t *textRenderer) Path(p *event.Path) error {
 	if p.Entered != "" {
 		fmt.Fprintf(w, "  %-8s %s\n", "entered", p.Entered)
 	}
+	prev := ""
 	for _, r := range p.Routes {
-		fmt.Fprintf(w, "  %-8s %s\n", "route", t.route(r))
+		line := t.route(r)
+		if r.NetnsName != "" {
+			line = "[" + r.NetnsName + "] " + line
+		}
+		if line == prev {
+			continue // the kernel looked the same route up again
+		}
+		prev = line
+		fmt.Fprintf(w, "  %-8s %s\n", "route", line)
 	}
 	for _, n := range p.NAT {
 		hook := ""
@@ -169,12 +178,16 @@ func nameOr(e event.Endpoint) string {
 	return e.Addr.String()
 }
 
-// addrOf shows the side a NAT step rewrote.
+// addrOf shows the side a NAT step rewrote (no port for ICMP).
 func addrOf(t event.Tuple, typ event.NATType) string {
+	ap := t.Src
 	if typ == event.DNAT {
-		return t.Dst.String()
+		ap = t.Dst
 	}
-	return t.Src.String()
+	if t.Proto == event.ProtoICMP {
+		return ap.Addr().String()
+	}
+	return ap.String()
 }
 
 func (t *textRenderer) route(r event.RouteStep) string {
@@ -239,7 +252,15 @@ func (t *textRenderer) result(p *event.Path) string {
 		}
 		return t.c(cRed, "DROPPED: "+r.Reason) + loc + where
 	case event.OutcomeRejected:
-		return t.c(cRed, "REJECTED: "+r.Reason) + where
+		drop := ""
+		if r.DropReason != "" {
+			drop = " (dropped: " + r.DropReason
+			if r.Location != "" {
+				drop += " at " + r.Location
+			}
+			drop += ")"
+		}
+		return t.c(cRed, "REJECTED: "+r.Reason) + drop + where
 	case event.OutcomeNoRoute:
 		return t.c(cRed, "NO ROUTE: "+r.Reason) + where
 	case event.OutcomeForwarded:

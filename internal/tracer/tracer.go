@@ -56,6 +56,11 @@ type Config struct {
 	Warn io.Writer
 	// Idle is the correlator's packet completion delay (0: default).
 	Idle time.Duration
+	// PerFlow shows only the first packet of each direction of a flow and
+	// every packet that failed.
+	PerFlow bool
+	// Ready is called once every probe is attached and the filter is set.
+	Ready func()
 }
 
 // Monotonic returns CLOCK_MONOTONIC in ns: the clock of kernel timestamps.
@@ -111,6 +116,9 @@ func ServiceName(snap *meta.Snapshot, svc *meta.Service, p *event.Path) string {
 	}
 	if p.Conntrack != nil {
 		dst = p.Conntrack.Original.Dst
+	}
+	if p.Original.Proto == event.ProtoICMP {
+		return svc.Namespace + "/" + svc.Name // an ICMP error about the Service's flow
 	}
 	if snap != nil {
 		nm := snap.Name(dst.Addr(), dst.Port(), p.Original.Proto)
@@ -175,9 +183,16 @@ func Run(ctx context.Context, cfg Config) (*event.Stats, error) {
 	stats := &event.Stats{}
 	var renderErr error
 	done := false
+	var flows *flowFilter
+	if cfg.PerFlow {
+		flows = newFlowFilter(65536)
+	}
 	emit := func(p *event.Path) {
 		if done {
 			return // --count reached: what is still in flight is not shown
+		}
+		if flows != nil && !flows.keep(p) {
+			return
 		}
 		p.Service = ServiceName(snap, svc, p)
 		en.Path(p)
@@ -197,6 +212,9 @@ func Run(ctx context.Context, cfg Config) (*event.Stats, error) {
 		}
 	}
 
+	if cfg.Ready != nil {
+		cfg.Ready()
+	}
 	start := time.Now()
 	var deadline time.Time
 	if cfg.Duration > 0 {

@@ -66,7 +66,9 @@ type RouteStep struct {
 	OutIndex uint32     `json:"out_ifindex,omitempty"`
 	Error    int32      `json:"error,omitempty"`
 	Netns    uint32     `json:"netns,omitempty"`
-	Comm     string     `json:"comm,omitempty"`
+	// NetnsName names the namespace the lookup happened in, when known.
+	NetnsName string `json:"netns_name,omitempty"`
+	Comm      string `json:"comm,omitempty"`
 	PID      uint32     `json:"pid,omitempty"`
 }
 
@@ -78,6 +80,9 @@ type Result struct {
 	Netns    uint32  `json:"netns,omitempty"`
 	Reason   string  `json:"reason,omitempty"`   // drop reason name, or ICMP error
 	Location string  `json:"location,omitempty"` // kernel symbol where it was dropped
+	// DropReason is the kernel's drop reason when the outcome is "rejected"
+	// (the kernel answered with an ICMP error and dropped the packet).
+	DropReason string `json:"drop_reason,omitempty"`
 }
 
 // Endpoint names one side of a flow.

@@ -1,0 +1,183 @@
+// Package e2e holds svctrace's privileged end-to-end tests: a cluster-shaped
+// lab in network namespaces with kube-proxy's real iptables rules, the real
+// svctrace binary attached to the node's namespace, real TCP and UDP traffic,
+// and assertions on the JSON svctrace prints. They run as root in CI and in
+// every kernel of the VM matrix (SVCTRACE_TEST_BACKEND selects the backend).
+package e2e
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/svctrace/svctrace/internal/lab"
+	"github.com/svctrace/svctrace/pkg/event"
+)
+
+func podIP(t *testing.T, l *lab.Lab, name string) netip.Addr {
+	t.Helper()
+	for _, p := range l.Spec().Pods {
+		if p.Name == name {
+			return netip.MustParseAddr(p.IP)
+		}
+	}
+	t.Fatalf("no pod %s in the lab", name)
+	return netip.Addr{}
+}
+
+func tup(src, dst netip.AddrPort, proto uint8) event.Tuple {
+	return event.Tuple{Src: src, Dst: dst, Proto: proto}
+}
+
+func hasRoute(p *event.Path, kind string, dst netip.Addr) *event.RouteStep {
+	for i := range p.Routes {
+		if p.Routes[i].Kind == kind && p.Routes[i].Dst == dst {
+			return &p.Routes[i]
+		}
+	}
+	return nil
+}
+
+func TestHealthyClusterIP(t *testing.T) {
+	natSource := requireBackend(t)
+	spec, err := lab.Healthy(lab.VariantDefault)
+	l := upLab(t, spec, err)
+	tr := startTrace(t, l, "node1", "hostnames")
+	ctx := context.Background()
+
+	client := podIP(t, l, lab.CurlPod)
+	backend := podIP(t, l, lab.HostnamesPod)
+	vip := netip.MustParseAddr(lab.HostnamesIP)
+	answer, err := l.Dial(ctx, lab.CurlPod, "tcp", "10.96.0.10:80", lab.WithSource(":40123"))
+	if err != nil || answer != lab.HostnamesPod {
+		t.Fatalf("TCP through the ClusterIP: %q, %v", answer, err)
+	}
+	answer, err = l.Exchange(ctx, lab.CurlPod, "udp", "10.96.0.10:53", lab.WithSource(":40124"))
+	if err != nil || answer != lab.HostnamesPod {
+		t.Fatalf("UDP through the ClusterIP: %q, %v", answer, err)
+	}
+	out := tr.stop(t, syscall.SIGINT)
+
+	// The client's SYN: DNAT to the backend pod, routed to its veth, delivered.
+	syn := out.find(t, tup(netip.AddrPortFrom(client, 40123), netip.AddrPortFrom(vip, 80), 6))
+	if syn.TCPFlags&0x02 == 0 || syn.Reply {
+		t.Errorf("first packet: flags %#x reply %v, want the SYN", syn.TCPFlags, syn.Reply)
+	}
+	want := event.NATStep{Type: event.DNAT, By: "nf_nat",
+		Before: tup(netip.AddrPortFrom(client, 40123), netip.AddrPortFrom(vip, 80), 6),
+		After:  tup(netip.AddrPortFrom(client, 40123), netip.AddrPortFrom(backend, 9376), 6),
+		Source: natSource}
+	if len(syn.NAT) != 1 {
+		t.Fatalf("SYN NAT steps: %+v", syn.NAT)
+	}
+	got := syn.NAT[0]
+	got.Hook = ""
+	if got != want {
+		t.Errorf("SYN NAT = %+v, want %+v", got, want)
+	}
+	if natSource == event.SourceNetfilter && syn.NAT[0].Hook != "PREROUTING" {
+		t.Errorf("DNAT seen at %q, want PREROUTING", syn.NAT[0].Hook)
+	}
+	if syn.Service != "default/hostnames:80/TCP" {
+		t.Errorf("service %q", syn.Service)
+	}
+	if syn.Client.Name != "pod default/"+lab.CurlPod || syn.Backend.Name != "pod default/"+lab.HostnamesPod {
+		t.Errorf("names: client %q backend %q", syn.Client.Name, syn.Backend.Name)
+	}
+	rt := hasRoute(syn, "fib", backend)
+	if rt == nil || rt.Error != 0 || !strings.HasPrefix(rt.OutDev, "cali") {
+		t.Errorf("no successful route lookup towards the backend's cali veth: %+v", syn.Routes)
+	}
+	if syn.Result.Outcome != event.OutcomeDelivered {
+		t.Errorf("SYN outcome %s (%s)", syn.Result.Outcome, syn.Result.Reason)
+	}
+
+	// The backend's SYN-ACK: reverse NAT back to the ClusterIP.
+	synack := out.find(t, tup(netip.AddrPortFrom(backend, 9376), netip.AddrPortFrom(client, 40123), 6))
+	if !synack.Reply || len(synack.NAT) != 1 || !synack.NAT[0].Reverse ||
+		synack.NAT[0].After.Src != netip.AddrPortFrom(vip, 80) {
+		t.Errorf("SYN-ACK: reply %v NAT %+v", synack.Reply, synack.NAT)
+	}
+	if synack.Result.Outcome != event.OutcomeDelivered {
+		t.Errorf("SYN-ACK outcome %s", synack.Result.Outcome)
+	}
+
+	// UDP: the same DNAT, the UDP port's name.
+	udp := out.find(t, tup(netip.AddrPortFrom(client, 40124), netip.AddrPortFrom(vip, 53), 17))
+	if len(udp.NAT) != 1 || udp.NAT[0].After.Dst != netip.AddrPortFrom(backend, 9376) {
+		t.Errorf("UDP NAT %+v", udp.NAT)
+	}
+	if udp.Service != "default/hostnames:53/UDP" || udp.Result.Outcome != event.OutcomeDelivered {
+		t.Errorf("UDP service %q outcome %s", udp.Service, udp.Result.Outcome)
+	}
+
+	st := out.final(t)
+	if st.Lost != 0 || st.Events == 0 || st.Paths == 0 {
+		t.Errorf("final stats %+v", st)
+	}
+}
+
+func TestHostOriginatedConnectSource(t *testing.T) {
+	requireBackend(t)
+	spec, err := lab.Healthy(lab.VariantDefault)
+	l := upLab(t, spec, err)
+	tr := startTrace(t, l, "node1", "hostnames")
+	answer, err := l.Dial(context.Background(), "node1", "tcp", "10.96.0.10:80", lab.WithSource(":40125"))
+	if err != nil || answer != lab.HostnamesPod {
+		t.Fatalf("node1 to the ClusterIP: %q, %v", answer, err)
+	}
+	out := tr.stop(t, syscall.SIGTERM)
+	nodeIP := netip.MustParseAddr("192.168.50.11")
+	vip := netip.MustParseAddr(lab.HostnamesIP)
+	syn := out.find(t, tup(netip.AddrPortFrom(nodeIP, 40125), netip.AddrPortFrom(vip, 80), 6))
+	if syn.Entered != "local" {
+		t.Errorf("entered %q, want local", syn.Entered)
+	}
+	// The source address was chosen at connect(), before any packet existed.
+	var chosen *event.RouteStep
+	for i, r := range syn.Routes {
+		if (r.Kind == "connect" || r.Kind == "output") && r.Dst == vip && r.Src == nodeIP {
+			chosen = &syn.Routes[i]
+		}
+	}
+	if chosen == nil {
+		t.Errorf("no connect-time source selection in %+v", syn.Routes)
+	}
+	if len(syn.NAT) == 0 || syn.NAT[0].Type != event.DNAT || syn.NAT[0].After.Dst.Port() != 9376 {
+		t.Errorf("NAT %+v", syn.NAT)
+	}
+	if syn.NAT[0].Source == event.SourceNetfilter && syn.NAT[0].Hook != "OUTPUT" {
+		t.Errorf("host traffic DNATed at %q, want OUTPUT", syn.NAT[0].Hook)
+	}
+}
+
+func TestUnreachableBackend(t *testing.T) {
+	requireBackend(t)
+	spec, err := lab.UnreachableBackend(lab.VariantDefault)
+	l := upLab(t, spec, err)
+	tr := startTrace(t, l, "node1", "hostnames")
+	_, err = l.Dial(context.Background(), lab.CurlPod, "tcp", "10.96.0.10:80", lab.WithSource(":40126"), lab.WithTimeout(2*time.Second))
+	if !errors.Is(err, lab.ErrNoRoute) {
+		t.Fatalf("dial: %v, want no route to host", err)
+	}
+	out := tr.stop(t, syscall.SIGINT)
+	client := podIP(t, l, lab.CurlPod)
+	backend := podIP(t, l, lab.HostnamesPod)
+	syn := out.find(t, tup(netip.AddrPortFrom(client, 40126), netip.AddrPortFrom(netip.MustParseAddr(lab.HostnamesIP), 80), 6))
+	if len(syn.NAT) == 0 || syn.NAT[0].After.Dst != netip.AddrPortFrom(backend, 9376) {
+		t.Errorf("NAT %+v", syn.NAT)
+	}
+	if syn.Result.Outcome != event.OutcomeRejected || syn.Result.Reason != "ICMP host unreachable" {
+		t.Errorf("outcome %s %q, want rejected with ICMP host unreachable", syn.Result.Outcome, syn.Result.Reason)
+	}
+	if syn.Result.DropReason == "" {
+		t.Errorf("no kernel drop reason with the rejection: %+v", syn.Result)
+	}
+	if rt := hasRoute(syn, "fib", backend); rt == nil || rt.Error != -113 {
+		t.Errorf("want the failed route lookup (EHOSTUNREACH) towards %s: %+v", backend, syn.Routes)
+	}
+}
