@@ -35,6 +35,7 @@ type traceOptions struct {
 	perf       bool
 	statsEvery time.Duration
 	per        string
+	node       string
 
 	backendV attach.Backend
 }
@@ -55,6 +56,7 @@ func (o *traceOptions) addFlags(c *cobra.Command) {
 	f.BoolVar(&o.all, "all", false, "trace every IPv4 packet, not only the Service's (debugging; expensive)")
 	f.BoolVar(&o.perf, "perf-buffer", false, "use a perf event array instead of the ring buffer (automatic on kernels before 5.8)")
 	f.DurationVar(&o.statsEvery, "stats-interval", 5*time.Second, "with -o json, emit a stats line this often (0: only at exit)")
+	f.StringVar(&o.node, "node", "", "the Node svctrace runs on (default: worked out from the node's addresses and the Node objects)")
 	f.StringVar(&o.per, "per", "packet", "one block per packet, or per flow (the first packet of each direction and every failed packet)")
 	_ = f.MarkHidden("perf-buffer")
 }
@@ -126,6 +128,7 @@ func (o *traceOptions) run(ctx context.Context) error {
 		TraceAll:  o.all,
 		Warn:      o.stderr,
 		PerFlow:   o.per == "flow",
+		Node:      o.node,
 	}
 	if o.output == "json" {
 		cfg.StatsEvery = o.statsEvery

@@ -311,7 +311,10 @@ func (c *Correlator) build(p *packet) *event.Path {
 		if e.Netns != 0 {
 			netnses[e.Netns] = true
 		}
-		if e.Conntrack != nil {
+		// A packet crossing several namespaces meets several conntrack
+		// entries: keep the one that translated it (the Service's), else
+		// the first.
+		if e.Conntrack != nil && (ct == nil || (!ct.DNATed() && e.Conntrack.DNATed())) {
 			ct = e.Conntrack
 		}
 	}

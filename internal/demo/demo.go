@@ -122,9 +122,9 @@ func Run(ctx context.Context, names []string, opts Options) ([]Result, error) {
 	return results, ctx.Err()
 }
 
-// focus picks what to trace: the Service and node of the scenario's first
+// Focus picks what to trace: the Service and node of the scenario's first
 // failing probe (or its first probe when nothing fails).
-func focus(spec lab.Spec) (svc lab.ServiceSpec, node string, err error) {
+func Focus(spec lab.Spec) (svc lab.ServiceSpec, node string, err error) {
 	if len(spec.Checks) == 0 || len(spec.Services) == 0 {
 		return svc, "", errors.New("scenario has no probes or no services")
 	}
@@ -169,7 +169,7 @@ func runOne(ctx context.Context, sc lab.Scenario, opts Options) (Result, error) 
 	if err != nil {
 		return res, err
 	}
-	svc, node, err := focus(spec)
+	svc, node, err := Focus(spec)
 	if err != nil {
 		return res, err
 	}

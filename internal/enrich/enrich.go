@@ -120,8 +120,14 @@ type Devices struct {
 type nsInfo struct {
 	name string
 	path string
-	devs map[uint32]string
+	devs map[uint32]devInfo
 	at   time.Time
+}
+
+type devInfo struct {
+	name     string
+	kind     string
+	prefixes []netip.Prefix
 }
 
 // NewDevices returns an empty resolver. hints maps namespace paths to
@@ -144,19 +150,46 @@ func (d *Devices) Netns(inode uint32) string {
 
 // Device returns the device's name, or "if<N>" when it cannot be found.
 func (d *Devices) Device(inode, ifindex uint32) string {
+	if di, ok := d.dev(inode, ifindex); ok {
+		return di.name
+	}
+	return "if" + strconv.FormatUint(uint64(ifindex), 10)
+}
+
+// Prefixes returns the device's IPv4 addresses with their prefix length.
+func (d *Devices) Prefixes(inode, ifindex uint32) []netip.Prefix {
+	di, _ := d.dev(inode, ifindex)
+	return di.prefixes
+}
+
+// Kind returns the device's link type ("veth", "vxlan", …).
+func (d *Devices) Kind(inode, ifindex uint32) string {
+	di, _ := d.dev(inode, ifindex)
+	return di.kind
+}
+
+// NetnsPrefixes returns every IPv4 address of a namespace found by path.
+func NetnsPrefixes(path string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, di := range listDevices(path) {
+		out = append(out, di.prefixes...)
+	}
+	return out
+}
+
+func (d *Devices) dev(inode, ifindex uint32) (devInfo, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	info := d.lookup(inode)
-	if info != nil {
-		if info.devs == nil || (info.devs[ifindex] == "" && time.Since(info.at) > time.Second) {
-			info.devs = listDevices(info.path)
-			info.at = time.Now()
-		}
-		if n := info.devs[ifindex]; n != "" {
-			return n
-		}
+	if info == nil {
+		return devInfo{}, false
 	}
-	return "if" + strconv.FormatUint(uint64(ifindex), 10)
+	if _, ok := info.devs[ifindex]; info.devs == nil || (!ok && time.Since(info.at) > time.Second) {
+		info.devs = listDevices(info.path)
+		info.at = time.Now()
+	}
+	di, ok := info.devs[ifindex]
+	return di, ok
 }
 
 func (d *Devices) lookup(inode uint32) *nsInfo {
@@ -217,8 +250,8 @@ func (d *Devices) scan() {
 	}
 }
 
-func listDevices(path string) map[uint32]string {
-	out := map[uint32]string{}
+func listDevices(path string) map[uint32]devInfo {
+	out := map[uint32]devInfo{}
 	h, err := netns.GetFromPath(path)
 	if err != nil {
 		return out
@@ -235,7 +268,16 @@ func listDevices(path string) map[uint32]string {
 	}
 	for _, l := range links {
 		a := l.Attrs()
-		out[uint32(a.Index)] = a.Name
+		di := devInfo{name: a.Name, kind: l.Type()}
+		if addrs, err := nl.AddrList(l, netlink.FAMILY_V4); err == nil {
+			for _, ad := range addrs {
+				if ip, ok := netip.AddrFromSlice(ad.IP.To4()); ok {
+					ones, _ := ad.Mask.Size()
+					di.prefixes = append(di.prefixes, netip.PrefixFrom(ip, ones))
+				}
+			}
+		}
+		out[uint32(a.Index)] = di
 	}
 	return out
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 	"time"
 
@@ -18,6 +19,7 @@ type Renderer interface {
 	Path(p *event.Path) error
 	Event(e *event.Event) error
 	Stats(s *event.Stats) error
+	Verdict(v *event.Verdict) error
 	// Record writes any other typed record (verdicts, notices).
 	Record(v any) error
 	Flush() error
@@ -60,6 +62,11 @@ func (j *jsonRenderer) Event(e *event.Event) error {
 func (j *jsonRenderer) Stats(s *event.Stats) error {
 	s.Type = "stats"
 	return j.enc.Encode(s)
+}
+
+func (j *jsonRenderer) Verdict(v *event.Verdict) error {
+	v.Type = "verdict"
+	return j.enc.Encode(v)
 }
 
 func (j *jsonRenderer) Record(v any) error { return j.enc.Encode(v) }
@@ -271,6 +278,25 @@ func (t *textRenderer) result(p *event.Path) string {
 	return t.c(cYellow, "unknown: "+r.Reason) + where
 }
 
+func (t *textRenderer) Verdict(v *event.Verdict) error {
+	color := cRed
+	if v.Verdict == event.VerdictOK {
+		color = cGreen
+	}
+	fmt.Fprintf(t.w, "  %s %s\n", t.c(cBold+color, "verdict "+v.Verdict+":"), v.Summary)
+	if eps, ok := v.Evidence["ready_endpoints"].([]string); ok && v.Verdict != event.VerdictOK {
+		list := strings.Join(eps, ", ")
+		if list == "" {
+			list = "none"
+		}
+		fmt.Fprintf(t.w, "  %s %s\n", t.c(cDim, "ready endpoints:"), list)
+	}
+	if v.Fix != "" {
+		fmt.Fprintf(t.w, "  %s %s\n", t.c(cBold, "fix:"), v.Fix)
+	}
+	return nil
+}
+
 func (t *textRenderer) Event(e *event.Event) error {
 	if !t.opts.Events {
 		return nil
@@ -291,7 +317,20 @@ func (t *textRenderer) Stats(s *event.Stats) error {
 	if !s.Final {
 		return nil
 	}
-	fmt.Fprintf(t.w, "%s %d events, %d paths, %d lost, in %.1fs\n", t.c(cDim, "svctrace:"), s.Events, s.Paths, s.Lost, s.Elapsed)
+	fmt.Fprintf(t.w, "%s %d events, %d paths, %d lost, in %.1fs", t.c(cDim, "svctrace:"), s.Events, s.Paths, s.Lost, s.Elapsed)
+	if len(s.Verdicts) > 0 {
+		ids := make([]string, 0, len(s.Verdicts))
+		for id := range s.Verdicts {
+			ids = append(ids, id)
+		}
+		sort.Strings(ids)
+		var parts []string
+		for _, id := range ids {
+			parts = append(parts, fmt.Sprintf("%s %d", id, s.Verdicts[id]))
+		}
+		fmt.Fprintf(t.w, "; verdicts: %s", strings.Join(parts, ", "))
+	}
+	fmt.Fprintln(t.w)
 	if s.Lost > 0 {
 		fmt.Fprintf(t.w, "%s %d events were lost because the ring buffer was full (per CPU: %v); paths may be incomplete\n",
 			t.c(cYellow, "warning:"), s.Lost, s.LostPerCPU)

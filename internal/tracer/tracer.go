@@ -18,6 +18,7 @@ import (
 	"github.com/svctrace/svctrace/internal/attach"
 	"github.com/svctrace/svctrace/internal/correlate"
 	"github.com/svctrace/svctrace/internal/decode"
+	"github.com/svctrace/svctrace/internal/diagnose"
 	"github.com/svctrace/svctrace/internal/enrich"
 	"github.com/svctrace/svctrace/internal/kernel"
 	"github.com/svctrace/svctrace/internal/meta"
@@ -61,6 +62,9 @@ type Config struct {
 	PerFlow bool
 	// Ready is called once every probe is attached and the filter is set.
 	Ready func()
+	// Node is the node svctrace runs on; empty: worked out from the node
+	// namespace's addresses and the Node objects.
+	Node string
 }
 
 // Monotonic returns CLOCK_MONOTONIC in ns: the clock of kernel timestamps.
@@ -129,6 +133,20 @@ func ServiceName(snap *meta.Snapshot, svc *meta.Service, p *event.Path) string {
 	return svc.Namespace + "/" + svc.Name
 }
 
+// NodeOf works out which Node the namespace at path (svctrace's own when
+// empty) is, from its addresses and the Nodes' addresses; "" if none match.
+func NodeOf(snap *meta.Snapshot, path string) string {
+	if path == "" {
+		path = "/proc/self/ns/net"
+	}
+	for _, pf := range enrich.NetnsPrefixes(path) {
+		if n, ok := snap.NodeByAddr(pf.Addr()); ok {
+			return n.Name
+		}
+	}
+	return ""
+}
+
 // Run traces until ctx ends, the duration passes or Count paths were seen.
 // It returns the final stats.
 func Run(ctx context.Context, cfg Config) (*event.Stats, error) {
@@ -178,7 +196,14 @@ func Run(ctx context.Context, cfg Config) (*event.Stats, error) {
 	if cfg.Attach.NetnsPath != "" {
 		hints[cfg.Attach.NetnsPath] = "node"
 	}
-	en := &enrich.Enricher{Names: Namer{snap}, Devices: enrich.NewDevices(hints)}
+	devices := enrich.NewDevices(hints)
+	en := &enrich.Enricher{Names: Namer{snap}, Devices: devices}
+	node := cfg.Node
+	if node == "" {
+		node = NodeOf(snap, cfg.Attach.NetnsPath)
+	}
+	diag := diagnose.New(diagnose.Config{Snap: snap, Service: svc, Node: node,
+		NodeNetns: probes.NetnsInode(), Devices: devices})
 
 	stats := &event.Stats{}
 	var renderErr error
@@ -191,13 +216,22 @@ func Run(ctx context.Context, cfg Config) (*event.Stats, error) {
 		if done {
 			return // --count reached: what is still in flight is not shown
 		}
-		if flows != nil && !flows.keep(p) {
-			return
-		}
 		p.Service = ServiceName(snap, svc, p)
 		en.Path(p)
-		if err := cfg.Renderer.Path(p); err != nil && renderErr == nil {
-			renderErr = err
+		v := diag.Path(p)
+		if flows == nil || flows.keep(p) {
+			if err := cfg.Renderer.Path(p); err != nil && renderErr == nil {
+				renderErr = err
+			}
+		}
+		if v != nil {
+			if stats.Verdicts == nil {
+				stats.Verdicts = map[string]uint64{}
+			}
+			stats.Verdicts[v.Verdict]++
+			if err := cfg.Renderer.Verdict(v); err != nil && renderErr == nil {
+				renderErr = err
+			}
 		}
 		stats.Paths++
 		if cfg.Count > 0 && stats.Paths >= uint64(cfg.Count) {

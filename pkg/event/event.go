@@ -31,6 +31,10 @@ const (
 	KindICMP           Kind = 9  // the kernel sent an ICMP error about the packet
 	KindRecv           Kind = 10 // a device received the packet
 	KindXmit           Kind = 11 // the packet was queued to a device for transmission
+	KindIPVSIn         Kind = 12 // the packet entered IPVS (a virtual server's address)
+	KindIPVSConn       Kind = 13 // IPVS created a new connection to a real server
+	KindIPVSNoDest     Kind = 14 // the IPVS virtual server had no destination (no real server)
+	KindIPVSXmit       Kind = 15 // IPVS sent the packet to a real server (NAT/masquerade)
 )
 
 var kindNames = [...]string{
@@ -45,6 +49,10 @@ var kindNames = [...]string{
 	KindICMP:           "icmp",
 	KindRecv:           "recv",
 	KindXmit:           "xmit",
+	KindIPVSIn:         "ipvs-in",
+	KindIPVSConn:       "ipvs-conn",
+	KindIPVSNoDest:     "ipvs-no-dest",
+	KindIPVSXmit:       "ipvs-xmit",
 }
 
 // String returns the kind's schema name ("netfilter", "nat", "drop", …).

@@ -143,6 +143,8 @@ type Stats struct {
 	DecodeErrors uint64 `json:"decode_errors,omitempty"`
 	// Evicted counts correlation state dropped because a cap was reached.
 	Evicted uint64 `json:"evicted,omitempty"`
+	// Verdicts counts verdicts by identifier.
+	Verdicts map[string]uint64 `json:"verdicts,omitempty"`
 	// Final is true on the last stats line, written at exit.
 	Final bool `json:"final,omitempty"`
 }
