@@ -17,7 +17,7 @@ import (
 
 func newDemo(stdout, stderr io.Writer) *cobra.Command {
 	var (
-		list, keep, cleanup, perPacket bool
+		list, keep, cleanup, perPacket  bool
 		output, backend, variant, color string
 	)
 	c := &cobra.Command{

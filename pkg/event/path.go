@@ -69,7 +69,7 @@ type RouteStep struct {
 	// NetnsName names the namespace the lookup happened in, when known.
 	NetnsName string `json:"netns_name,omitempty"`
 	Comm      string `json:"comm,omitempty"`
-	PID      uint32     `json:"pid,omitempty"`
+	PID       uint32 `json:"pid,omitempty"`
 }
 
 // Result is where the path ended.
