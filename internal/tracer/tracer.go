@@ -11,17 +11,17 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/svctrace/svctrace/internal/attach"
-	"github.com/svctrace/svctrace/internal/correlate"
 	"github.com/svctrace/svctrace/internal/decode"
-	"github.com/svctrace/svctrace/internal/diagnose"
 	"github.com/svctrace/svctrace/internal/enrich"
 	"github.com/svctrace/svctrace/internal/kernel"
 	"github.com/svctrace/svctrace/internal/meta"
+	"github.com/svctrace/svctrace/internal/pipeline"
 	"github.com/svctrace/svctrace/internal/render"
 	"github.com/svctrace/svctrace/pkg/event"
 )
@@ -65,6 +65,27 @@ type Config struct {
 	// Node is the node svctrace runs on; empty: worked out from the node
 	// namespace's addresses and the Node objects.
 	Node string
+	// Sinks record or export the trace (recordings, pcapng).
+	Sinks []Sink
+	// Headers keeps packet header bytes in events (pcapng export).
+	Headers bool
+	// Version is svctrace's version, for recordings.
+	Version string
+}
+
+// Notice is a record telling the user something changed during the trace
+// (the Service's endpoints, the metadata source's health).
+type Notice struct {
+	Type    string `json:"type"` // "notice"
+	Time    string `json:"time"`
+	Message string `json:"message"`
+}
+
+// String renders the notice for text output.
+func (n Notice) String() string { return "svctrace: " + n.Message }
+
+func notice(msg string) Notice {
+	return Notice{Type: "notice", Time: time.Now().UTC().Format(time.RFC3339Nano), Message: msg}
 }
 
 // Monotonic returns CLOCK_MONOTONIC in ns: the clock of kernel timestamps.
@@ -96,41 +117,34 @@ func ResolveService(snap *meta.Snapshot, namespace, name string) (*meta.Service,
 	return svc, entries, nil
 }
 
-// Namer adapts a metadata snapshot to enrich.Namer.
-type Namer struct{ Snap *meta.Snapshot }
-
-// NameOf implements enrich.Namer.
-func (n Namer) NameOf(ap netip.AddrPort, proto uint8) string {
-	if n.Snap == nil {
-		return ""
+// filterChange describes how the filter entries changed ("" if not).
+func filterChange(old, next []attach.FilterEntry) string {
+	key := func(e attach.FilterEntry) string { return fmt.Sprintf("%s:%d/%d", e.Addr, e.Port, e.Proto) }
+	was := map[string]bool{}
+	for _, e := range old {
+		was[key(e)] = true
 	}
-	nm := n.Snap.Name(ap.Addr(), ap.Port(), proto)
-	if !nm.Known() {
-		return ""
-	}
-	return nm.String()
-}
-
-// ServiceName returns the display name of the Service port a path used
-// ("default/hostnames:80/TCP"), from the flow's original destination.
-func ServiceName(snap *meta.Snapshot, svc *meta.Service, p *event.Path) string {
-	dst := p.Original.Dst
-	if p.Reply {
-		dst = p.Original.Src
-	}
-	if p.Conntrack != nil {
-		dst = p.Conntrack.Original.Dst
-	}
-	if p.Original.Proto == event.ProtoICMP {
-		return svc.Namespace + "/" + svc.Name // an ICMP error about the Service's flow
-	}
-	if snap != nil {
-		nm := snap.Name(dst.Addr(), dst.Port(), p.Original.Proto)
-		if nm.Kind == meta.KindService && nm.Namespace == svc.Namespace && nm.Name == svc.Name {
-			return nm.String()
+	is := map[string]bool{}
+	var added, removed []string
+	for _, e := range next {
+		is[key(e)] = true
+		if !was[key(e)] {
+			added = append(added, netip.AddrPortFrom(e.Addr, e.Port).String())
 		}
 	}
-	return svc.Namespace + "/" + svc.Name
+	for _, e := range old {
+		if !is[key(e)] {
+			removed = append(removed, netip.AddrPortFrom(e.Addr, e.Port).String())
+		}
+	}
+	var parts []string
+	if len(added) > 0 {
+		parts = append(parts, "added "+strings.Join(added, ", "))
+	}
+	if len(removed) > 0 {
+		parts = append(parts, "removed "+strings.Join(removed, ", "))
+	}
+	return strings.Join(parts, "; ")
 }
 
 // NodeOf works out which Node the namespace at path (svctrace's own when
@@ -191,54 +205,83 @@ func Run(ctx context.Context, cfg Config) (*event.Stats, error) {
 	defer reader.Close()
 
 	reasons, _ := b.DropReasons() // kernels before 5.17 have none: reasons stay empty
-	dec := decode.New(decode.Options{DropReasons: reasons, Symbols: &kernel.Symbols{}})
+	dec := decode.New(decode.Options{DropReasons: reasons, Symbols: &kernel.Symbols{}, Headers: cfg.Headers})
 	hints := map[string]string{}
 	if cfg.Attach.NetnsPath != "" {
 		hints[cfg.Attach.NetnsPath] = "node"
 	}
-	devices := enrich.NewDevices(hints)
-	en := &enrich.Enricher{Names: Namer{snap}, Devices: devices}
 	node := cfg.Node
 	if node == "" {
 		node = NodeOf(snap, cfg.Attach.NetnsPath)
 	}
-	diag := diagnose.New(diagnose.Config{Snap: snap, Service: svc, Node: node,
-		NodeNetns: probes.NetnsInode(), Devices: devices})
-
+	clock := WallClock()
+	info := RunInfo{Version: cfg.Version, Kernel: kernel.Release(), Node: node, NodeNetns: probes.NetnsInode(),
+		Namespace: svc.Namespace, Service: svc.Name, Backend: string(opts.Backend), Start: time.Now(),
+		ClockOffset: clock.Offset, Plan: probes.Plan()}
+	var devices pipeline.Devices = enrich.NewDevices(hints)
+	sinkErr := func(err error) {
+		if err != nil {
+			fmt.Fprintf(warn, "svctrace: recording: %v\n", err)
+		}
+	}
+	for _, s := range cfg.Sinks {
+		defer func() { sinkErr(s.Close()) }()
+		if err := s.Begin(info); err != nil {
+			return nil, fmt.Errorf("start recording: %w", err)
+		}
+		if err := s.Metadata(snap); err != nil {
+			return nil, fmt.Errorf("record metadata: %w", err)
+		}
+		devices = s.Devices(devices)
+	}
+	pcfg := pipeline.Config{
+		Snap: snap, Service: svc, Node: node, NodeNetns: probes.NetnsInode(),
+		Devices: devices, Renderer: cfg.Renderer, Events: cfg.Events,
+		PerFlow: cfg.PerFlow, Count: cfg.Count, Idle: cfg.Idle,
+	}
+	if len(cfg.Sinks) > 0 {
+		pcfg.OnPath = func(p *event.Path) {
+			for _, s := range cfg.Sinks {
+				sinkErr(s.Path(p))
+			}
+		}
+		pcfg.OnVerdict = func(v *event.Verdict) {
+			for _, s := range cfg.Sinks {
+				sinkErr(s.Verdict(v))
+			}
+		}
+	}
+	pipe := pipeline.New(pcfg)
 	stats := &event.Stats{}
-	var renderErr error
-	done := false
-	var flows *flowFilter
-	if cfg.PerFlow {
-		flows = newFlowFilter(65536)
+	feed := func(ev *event.Event) {
+		for _, s := range cfg.Sinks {
+			sinkErr(s.Event(ev))
+		}
+		pipe.Event(ev)
 	}
-	emit := func(p *event.Path) {
-		if done {
-			return // --count reached: what is still in flight is not shown
+	var updates <-chan *meta.Snapshot
+	if w, ok := cfg.Source.(meta.Watcher); ok {
+		updates = w.Updates()
+	}
+	applyUpdate := func(next *meta.Snapshot) {
+		nsvc, nentries, err := ResolveService(next, cfg.Namespace, cfg.Service)
+		if err != nil {
+			_ = cfg.Renderer.Record(notice(fmt.Sprintf("service %s/%s: %v; still tracing with the last known addresses", cfg.Namespace, cfg.Service, err)))
+			return
 		}
-		p.Service = ServiceName(snap, svc, p)
-		en.Path(p)
-		v := diag.Path(p)
-		if flows == nil || flows.keep(p) {
-			if err := cfg.Renderer.Path(p); err != nil && renderErr == nil {
-				renderErr = err
-			}
+		if _, err := probes.SetFilter(nentries, cfg.TraceAll); err != nil {
+			fmt.Fprintf(warn, "svctrace: update filter: %v\n", err)
 		}
-		if v != nil {
-			if stats.Verdicts == nil {
-				stats.Verdicts = map[string]uint64{}
-			}
-			stats.Verdicts[v.Verdict]++
-			if err := cfg.Renderer.Verdict(v); err != nil && renderErr == nil {
-				renderErr = err
-			}
+		if changed := filterChange(entries, nentries); changed != "" {
+			_ = cfg.Renderer.Record(notice(fmt.Sprintf("%s/%s changed: %s; filter updated", nsvc.Namespace, nsvc.Name, changed)))
 		}
-		stats.Paths++
-		if cfg.Count > 0 && stats.Paths >= uint64(cfg.Count) {
-			done = true
+		entries = nentries
+		snap = next
+		pipe.SetMetadata(next, nsvc)
+		for _, s := range cfg.Sinks {
+			sinkErr(s.Metadata(next))
 		}
 	}
-	corr := correlate.New(correlate.Options{Idle: cfg.Idle}, emit)
 
 	if cfg.ReadyFile != "" {
 		if err := os.WriteFile(cfg.ReadyFile, []byte(fmt.Sprintf("%d\n", os.Getpid())), 0o644); err != nil {
@@ -260,8 +303,9 @@ func Run(ctx context.Context, cfg Config) (*event.Stats, error) {
 	const poll = 50 * time.Millisecond
 
 	collect := func(final bool) {
+		ps := pipe.Stats()
+		stats.Paths, stats.Verdicts, stats.Evicted = ps.Paths, ps.Verdicts, ps.Evicted
 		stats.Elapsed = time.Since(start).Seconds()
-		stats.Evicted = corr.Evicted()
 		emitted, lost, err := probes.Counters()
 		if err == nil {
 			stats.Emitted, stats.Lost = 0, 0
@@ -275,7 +319,7 @@ func Run(ctx context.Context, cfg Config) (*event.Stats, error) {
 		stats.Final = final
 	}
 
-	for !done && renderErr == nil {
+	for !pipe.Done() && pipe.Err() == nil {
 		if ctx.Err() != nil {
 			break
 		}
@@ -291,24 +335,27 @@ func Run(ctx context.Context, cfg Config) (*event.Stats, error) {
 				stats.DecodeErrors++
 				continue
 			}
-			if cfg.Events {
-				en.Event(&ev)
-				if err := cfg.Renderer.Event(&ev); err != nil {
-					renderErr = err
-				}
-			}
-			corr.Add(&ev)
+			feed(&ev)
 			if stats.Events%256 != 0 {
 				continue // amortise the clock work below
 			}
 		case errors.Is(err, os.ErrDeadlineExceeded):
 		case errors.Is(err, attach.ErrReaderClosed):
-			done = true
+			return nil, fmt.Errorf("event reader closed unexpectedly: %w", err)
 		default:
 			return nil, fmt.Errorf("read events: %w", err)
 		}
+		select {
+		case next, ok := <-updates:
+			if ok {
+				applyUpdate(next)
+			} else {
+				updates = nil
+			}
+		default:
+		}
 		now = time.Now()
-		corr.Advance(Monotonic())
+		pipe.Advance(Monotonic())
 		if cfg.StatsEvery > 0 && now.Sub(lastStats) >= cfg.StatsEvery {
 			lastStats = now
 			collect(false)
@@ -328,18 +375,19 @@ func Run(ctx context.Context, cfg Config) (*event.Stats, error) {
 		fmt.Fprint(cfg.Status, "\r\x1b[2K")
 	}
 	// Drain what the kernel already submitted, then complete every path.
-	for !done {
+	for !pipe.Done() {
 		rec, err := reader.Read(time.Now().Add(10 * time.Millisecond))
 		if err != nil {
 			break
 		}
 		stats.Events++
 		if dec.Decode(rec, &ev) == nil {
-			corr.Add(&ev)
+			feed(&ev)
 		}
 	}
-	corr.Flush()
+	pipe.Flush()
 	collect(true)
+	renderErr := pipe.Err()
 	if err := cfg.Renderer.Stats(stats); err != nil && renderErr == nil {
 		renderErr = err
 	}

@@ -1,4 +1,4 @@
-package tracer
+package pipeline
 
 import (
 	"net/netip"
