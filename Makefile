@@ -7,7 +7,7 @@ LDFLAGS   := -X github.com/svctrace/svctrace/internal/cli.Version=$(VERSION)
 # and load BPF) and run in CI.
 PKGS      ?= ./...
 
-.PHONY: all build generate deps check test test-unit test-vm bench vet clean demo
+.PHONY: all build generate deps check test test-unit bench vet clean demo
 
 all: build
 
@@ -33,8 +33,7 @@ test: vet
 test-unit:
 	$(GO) test -count=1 -short ./...
 
-test-vm:
-	$(GO) run ./test/vm/cmd/vmmatrix
+include test/vm/Makefile.vm
 
 bench:
 	$(GO) run ./test/bench

@@ -8,7 +8,7 @@ pkgs=(
   clang llvm           # regenerate the BPF object (drift check)
   iproute2 iptables nftables conntrack  # the lab: namespaces, kube-proxy-style rules
   ipvsadm              # IPVS scenarios (in VM kernels that have ip_vs)
-  qemu-system-x86 busybox-static zstd xz-utils cpio  # the VM kernel matrix
+  qemu-system-x86 busybox-static kmod zstd xz-utils  # the VM kernel matrix
   tshark               # reads the pcapng files svctrace writes
   iperf3               # benchmarks
   bpftool              # leak checks in reliability tests

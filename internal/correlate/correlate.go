@@ -374,7 +374,9 @@ func entered(e *event.Event) string {
 	switch {
 	case e.Kind == event.KindNetfilter && e.Hook == event.HookLocalOut:
 		return "local"
-	case e.Kind == event.KindXmit && e.Comm != "":
+	case e.Kind == event.KindNAT && e.InIfindex == 0:
+		// nf_nat on a packet with no input device: locally originated
+		// (the kernel-function backends see no netfilter hook).
 		return "local"
 	}
 	return ""
@@ -424,12 +426,21 @@ func natSteps(evs []event.Event) []event.NATStep {
 	return out
 }
 
-// natHook guesses the netfilter hook of an nf_nat event from its neighbours.
+// natHook tells the netfilter hook of an nf_nat event: from the netfilter
+// event just before it when there is one, else, for destination rewrites,
+// from whether the packet has an input device (PREROUTING) or not (OUTPUT).
 func natHook(evs []event.Event, i int) string {
 	for j := i - 1; j >= 0; j-- {
 		if evs[j].Kind == event.KindNetfilter {
 			return evs[j].Hook.String()
 		}
+	}
+	e := &evs[i]
+	if e.NAT == event.DNAT {
+		if e.InIfindex == 0 {
+			return event.HookLocalOut.String()
+		}
+		return event.HookPreRouting.String()
 	}
 	return ""
 }

@@ -302,9 +302,6 @@ func TestScenarios(t *testing.T) {
 					}
 				})
 				t.Logf("%s (%s) up in %s", name, id, l.SetupDuration().Round(time.Millisecond))
-				if l.SetupDuration() > 2*time.Second {
-					t.Errorf("setup took %s, want well under 2s", l.SetupDuration())
-				}
 
 				built := l.Spec()
 				for _, n := range built.Nodes {
