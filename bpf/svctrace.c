@@ -174,6 +174,24 @@ struct {
 	__type(value, struct config);
 } config_map SEC(".maps");
 
+// The last traced packet a netfilter program saw on this CPU. A route
+// lookup that fails right after it, on the same CPU, in the same softirq,
+// is that packet's (IPVS looks up the real server before rewriting the
+// packet, and drops it when the lookup fails).
+struct last_match {
+	__u64 skb;
+	__u64 ts;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct last_match);
+} last_match_map SEC(".maps");
+
+#define LAST_MATCH_WINDOW_NS 200000
+
 // Arguments saved at kprobe entry for the matching kretprobe.
 struct kargs_key {
 	__u64 pid_tgid;
@@ -476,6 +494,12 @@ static __always_inline int nf_common(struct bpf_nf_ctx *ctx, __u8 stage)
 		e->out_ifindex = BPF_CORE_READ(out, ifindex);
 	e->route_ifindex = skb_route_ifindex(skb);
 	e->netns = BPF_CORE_READ(st, net, ns.inum);
+	__u32 zero = 0;
+	struct last_match *lm = bpf_map_lookup_elem(&last_match_map, &zero);
+	if (lm) {
+		lm->skb = (__u64)skb;
+		lm->ts = e->ts;
+	}
 	ev_submit(ctx, e);
 	return NF_ACCEPT; // never 0: that is NF_DROP
 }
@@ -575,8 +599,27 @@ int BPF_PROG(tp_fib_table_lookup, u32 tb_id, const struct flowi4 *flp,
 	     const struct fib_nh_common *nhc, int err)
 {
 	struct event *e = flow_event(flp, EV_FIB, SRC_TRACEPOINT);
-	if (!e)
+	if (!e && !err)
 		return 0;
+	if (err) {
+		// A failed lookup right after a traced packet was seen on this CPU
+		// is that packet's (see last_match): tag it with the skb, and keep
+		// it even when the filter does not know its destination.
+		__u32 zero = 0;
+		struct last_match *lm = bpf_map_lookup_elem(&last_match_map, &zero);
+		__u64 skb = 0;
+		if (lm && lm->skb && bpf_ktime_get_ns() - lm->ts <= LAST_MATCH_WINDOW_NS)
+			skb = lm->skb;
+		if (!e) {
+			if (!skb)
+				return 0;
+			e = ev_new(EV_FIB, SRC_TRACEPOINT, 1);
+			if (!e)
+				return 0;
+			flow_tuple(flp, &e->pkt);
+		}
+		e->skb = skb;
+	}
 	fib_fill(e, flp, nhc, tb_id, err);
 	ev_submit(ctx, e);
 	return 0;
@@ -988,11 +1031,18 @@ static __always_inline struct event *ipvs_event(__u32 kind, __u8 source)
 	if (!e)
 		return 0;
 	e->skb = skb;
-	e->pkt.saddr = (__u32)addrs;
-	e->pkt.daddr = (__u32)(addrs >> 32);
-	e->pkt.sport = (__u16)ports;
-	e->pkt.dport = (__u16)(ports >> 16);
-	e->pkt.proto = (__u8)(ports >> 32);
+	// The packet has not been rewritten yet: read it again (its IP ID ties
+	// this event to the packet's other events), falling back to the tuple
+	// saved at ip_vs_in.
+	if (parse_skb((struct sk_buff *)skb, &e->pkt)) {
+		e->pkt.saddr = (__u32)addrs;
+		e->pkt.daddr = (__u32)(addrs >> 32);
+		e->pkt.sport = (__u16)ports;
+		e->pkt.dport = (__u16)(ports >> 16);
+		e->pkt.proto = (__u8)(ports >> 32);
+	} else {
+		snap_hdr((struct sk_buff *)skb, e);
+	}
 	e->netns = skb_netns((struct sk_buff *)skb, 0);
 	return e;
 }

@@ -115,6 +115,11 @@ func Load(opts Options) (_ *Probes, err error) {
 	attached := map[string]string{}
 	for _, h := range hookTable() {
 		st := HookStatus{Hook: h.name, About: h.about}
+		if h.module != "" && !kernel.ModuleLoaded(h.module) {
+			st.Skipped = "module " + h.module + " is not loaded"
+			p.plan = append(p.plan, st)
+			continue
+		}
 		for _, im := range h.impls {
 			if !allowed(opts.Backend, h, im.flavour) {
 				continue

@@ -71,6 +71,9 @@ type impl struct {
 type hookDef struct {
 	name  string
 	about string
+	// module is the kernel module the hook's functions live in; when it is
+	// not loaded the hook is skipped (once, with that reason).
+	module string
 	// kernelFunc is true when the hook has kernel-function implementations
 	// (fentry/kprobe) that --backend chooses between.
 	kernelFunc bool
@@ -82,12 +85,12 @@ type env struct {
 	btf *kernel.BTF
 }
 
-// nfModules are the modules whose BTF may hold the NAT functions.
-var nfModules = []string{"nf_nat", "nf_conntrack"}
+// btfModules are the modules whose BTF may hold the functions hooked.
+func btfModules() []string { return []string{"nf_nat", "nf_conntrack", "ip_vs"} }
 
 func funcCheck(name string, params ...string) func(*env) error {
 	return func(e *env) error {
-		proto, _, err := e.btf.Func(name, nfModules...)
+		proto, _, err := e.btf.Func(name, btfModules()...)
 		if err != nil {
 			if kernel.SymbolExists(name) {
 				return nil // no BTF for it (module without BTF): a kprobe can still attach by symbol
@@ -100,7 +103,7 @@ func funcCheck(name string, params ...string) func(*env) error {
 
 func fentryCheck(name string, params ...string) func(*env) error {
 	return func(e *env) error {
-		proto, _, err := e.btf.Func(name, nfModules...)
+		proto, _, err := e.btf.Func(name, btfModules()...)
 		if err != nil {
 			return fmt.Errorf("fentry needs btf for %s: %w", name, err)
 		}
@@ -205,6 +208,47 @@ func hookTable() []hookDef {
 					check: kprobeCheck(funcCheck("ip_route_output_key_hash", routeSig...))},
 				{flavour: implTracepoint, progs: []progAttach{{"tp_sock_set_state", attachTracepoint, "inet_sock_set_state"}},
 					check: tracepointCheck("inet_sock_set_state", 3)},
+			},
+		},
+		{
+			name: "ipvs-in", about: "packets entering IPVS (virtual server hit)", kernelFunc: true, module: "ip_vs",
+			impls: []impl{
+				{flavour: implFentry, progs: []progAttach{{"fe_ipvs_in_hook", attachFentry, "ip_vs_in_hook"}},
+					check: fentryCheck("ip_vs_in_hook", "", pSkb)},
+				{flavour: implKprobe, progs: []progAttach{{"kp_ipvs_in_hook", attachKprobe, "ip_vs_in_hook"}},
+					check: kprobeCheck(funcCheck("ip_vs_in_hook", "", pSkb))},
+				// Kernels before 6.0: ip_vs_in(ipvs, hooknum, skb, af).
+				{flavour: implKprobe, progs: []progAttach{{"kp_ipvs_in", attachKprobe, "ip_vs_in"}},
+					check: kprobeCheck(funcCheck("ip_vs_in", "", "", pSkb))},
+				{flavour: implNetfilter, derived: "netfilter"},
+			},
+		},
+		{
+			name: "ipvs-conn", about: "IPVS connections created (real server chosen) vs reused", kernelFunc: true, module: "ip_vs",
+			impls: []impl{
+				{flavour: implFentry, progs: []progAttach{{"fe_ipvs_conn_new", attachFentry, "ip_vs_conn_new"}},
+					check: fentryCheck("ip_vs_conn_new")},
+				{flavour: implKprobe, progs: []progAttach{{"kp_ipvs_conn_new", attachKprobe, "ip_vs_conn_new"}},
+					check: kprobeCheck(funcCheck("ip_vs_conn_new"))},
+			},
+		},
+		{
+			name: "ipvs-sched", about: "IPVS virtual servers without a destination (no real server)", kernelFunc: true, module: "ip_vs",
+			impls: []impl{
+				{flavour: implFentry, progs: []progAttach{{"fe_ipvs_sched_err", attachFentry, "ip_vs_scheduler_err"}},
+					check: fentryCheck("ip_vs_scheduler_err")},
+				{flavour: implKprobe, progs: []progAttach{{"kp_ipvs_sched_err", attachKprobe, "ip_vs_scheduler_err"}},
+					check: kprobeCheck(funcCheck("ip_vs_scheduler_err"))},
+			},
+		},
+		{
+			name: "ipvs-xmit", about: "packets IPVS sends to a real server (masquerade), with the tuple after DNAT", kernelFunc: true, module: "ip_vs",
+			impls: []impl{
+				{flavour: implFentry, progs: []progAttach{{"fe_ipvs_nat_xmit", attachFentry, "ip_vs_nat_xmit"}},
+					check: fentryCheck("ip_vs_nat_xmit", pSkb)},
+				{flavour: implKprobe, progs: []progAttach{{"kp_ipvs_nat_xmit", attachKprobe, "ip_vs_nat_xmit"}},
+					check: kprobeCheck(funcCheck("ip_vs_nat_xmit", pSkb))},
+				{flavour: implNetfilter, derived: "netfilter"},
 			},
 		},
 		{

@@ -109,6 +109,12 @@ type SvctraceKargsKey struct {
 	Fn      uint64
 }
 
+type SvctraceLastMatch struct {
+	_   structs.HostLayout
+	Skb uint64
+	Ts  uint64
+}
+
 type SvctraceTuple struct {
 	_        structs.HostLayout
 	Saddr    uint32
@@ -131,6 +137,7 @@ const (
 	SvctraceMapFilter                = "filter"
 	SvctraceMapFilterAddrs           = "filter_addrs"
 	SvctraceMapKargsMap              = "kargs_map"
+	SvctraceMapLastMatchMap          = "last_match_map"
 	SvctraceMapScratch               = "scratch"
 	SvctraceProgFeIpvsConnNew        = "fe_ipvs_conn_new"
 	SvctraceProgFeIpvsInHook         = "fe_ipvs_in_hook"
@@ -257,14 +264,15 @@ type SvctraceProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SvctraceMapSpecs struct {
-	ConfigMap   *ebpf.MapSpec `ebpf:"config_map"`
-	Counters    *ebpf.MapSpec `ebpf:"counters"`
-	Events      *ebpf.MapSpec `ebpf:"events"`
-	EventsPerf  *ebpf.MapSpec `ebpf:"events_perf"`
-	Filter      *ebpf.MapSpec `ebpf:"filter"`
-	FilterAddrs *ebpf.MapSpec `ebpf:"filter_addrs"`
-	KargsMap    *ebpf.MapSpec `ebpf:"kargs_map"`
-	Scratch     *ebpf.MapSpec `ebpf:"scratch"`
+	ConfigMap    *ebpf.MapSpec `ebpf:"config_map"`
+	Counters     *ebpf.MapSpec `ebpf:"counters"`
+	Events       *ebpf.MapSpec `ebpf:"events"`
+	EventsPerf   *ebpf.MapSpec `ebpf:"events_perf"`
+	Filter       *ebpf.MapSpec `ebpf:"filter"`
+	FilterAddrs  *ebpf.MapSpec `ebpf:"filter_addrs"`
+	KargsMap     *ebpf.MapSpec `ebpf:"kargs_map"`
+	LastMatchMap *ebpf.MapSpec `ebpf:"last_match_map"`
+	Scratch      *ebpf.MapSpec `ebpf:"scratch"`
 }
 
 // SvctraceVariableSpecs contains global variables before they are loaded into the kernel.
@@ -302,14 +310,15 @@ func (o *SvctraceObjects) Close() error {
 //
 // It can be passed to LoadSvctraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SvctraceMaps struct {
-	ConfigMap   *ebpf.Map `ebpf:"config_map"`
-	Counters    *ebpf.Map `ebpf:"counters"`
-	Events      *ebpf.Map `ebpf:"events"`
-	EventsPerf  *ebpf.Map `ebpf:"events_perf"`
-	Filter      *ebpf.Map `ebpf:"filter"`
-	FilterAddrs *ebpf.Map `ebpf:"filter_addrs"`
-	KargsMap    *ebpf.Map `ebpf:"kargs_map"`
-	Scratch     *ebpf.Map `ebpf:"scratch"`
+	ConfigMap    *ebpf.Map `ebpf:"config_map"`
+	Counters     *ebpf.Map `ebpf:"counters"`
+	Events       *ebpf.Map `ebpf:"events"`
+	EventsPerf   *ebpf.Map `ebpf:"events_perf"`
+	Filter       *ebpf.Map `ebpf:"filter"`
+	FilterAddrs  *ebpf.Map `ebpf:"filter_addrs"`
+	KargsMap     *ebpf.Map `ebpf:"kargs_map"`
+	LastMatchMap *ebpf.Map `ebpf:"last_match_map"`
+	Scratch      *ebpf.Map `ebpf:"scratch"`
 }
 
 func (m *SvctraceMaps) Close() error {
@@ -321,6 +330,7 @@ func (m *SvctraceMaps) Close() error {
 		m.Filter,
 		m.FilterAddrs,
 		m.KargsMap,
+		m.LastMatchMap,
 		m.Scratch,
 	)
 }

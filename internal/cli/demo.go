@@ -17,8 +17,8 @@ import (
 
 func newDemo(stdout, stderr io.Writer) *cobra.Command {
 	var (
-		list, keep, cleanup, perPacket  bool
-		output, backend, variant, color string
+		list, keep, cleanup, perPacket, events bool
+		output, backend, variant, color, proxy string
 	)
 	c := &cobra.Command{
 		Use:   "demo [SCENARIO...]",
@@ -59,6 +59,18 @@ is removed afterwards unless --keep is given.`,
 			if err != nil {
 				return usageErr(err)
 			}
+			if proxy != "iptables" && proxy != "ipvs" {
+				return usageErr(fmt.Errorf("--proxy-mode %q: use iptables or ipvs", proxy))
+			}
+			if proxy == "ipvs" {
+				w, err := lab.NewRuleWriter(lab.ProxyIPVS)
+				if err == nil {
+					err = w.Available()
+				}
+				if err != nil {
+					return usageErr(err)
+				}
+			}
 			for _, a := range args {
 				if _, err := lab.LookupScenario(a); err != nil {
 					return usageErr(fmt.Errorf("%w (see 'svctrace demo --list')", err))
@@ -73,6 +85,7 @@ is removed afterwards unless --keep is given.`,
 			return runDemo(cmd.Context(), args, demo.Options{
 				Out: stdout, Warn: stderr, Renderer: r, JSON: output == "json", Backend: b,
 				Variant: lab.Variant(variant), Keep: keep, PerPacket: perPacket,
+				Proxy: lab.ProxyMode(proxy), Events: events,
 			})
 		},
 	}
@@ -85,6 +98,8 @@ is removed afterwards unless --keep is given.`,
 	f.StringVar(&backend, "backend", "auto", "attach backend: auto, fentry, kprobe or netfilter")
 	f.StringVar(&variant, "variant", "", "scenario variant (e.g. fixed: the same topology with the fix applied)")
 	f.StringVar(&color, "color", "auto", "colour: auto, always, never")
+	f.StringVar(&proxy, "proxy-mode", "iptables", "kube-proxy mode in the lab: iptables, or ipvs (needs the ip_vs module)")
+	f.BoolVar(&events, "events", false, "also print every raw kernel event")
 	return c
 }
 

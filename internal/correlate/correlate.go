@@ -28,6 +28,9 @@ type Options struct {
 	MaxPackets int
 	// MaxFlowEvents caps buffered route/connect events. Default 65536.
 	MaxFlowEvents int
+	// NodeNetns is the inode of the node's network namespace: a packet
+	// first seen being sent from it was originated by the node.
+	NodeNetns uint32
 }
 
 type pktKey struct {
@@ -320,6 +323,7 @@ func (c *Correlator) build(p *packet) *event.Path {
 	}
 	path.Conntrack = ct
 	path.NAT = natSteps(evs)
+	path.IPVS = ipvsStep(evs)
 	if n := len(path.NAT); n > 0 && path.NAT[n-1].After.Src.IsValid() {
 		// The last rewrite may be the last thing seen (kprobe backends).
 		if last.Kind == event.KindNAT {
@@ -348,8 +352,11 @@ func (c *Correlator) build(p *packet) *event.Path {
 			}
 		}
 	}
-	path.Entered = entered(first)
+	path.Entered = entered(first, c.opts.NodeNetns)
 	path.Routes = c.claimRoutes(path, netnses)
+	if path.IPVS == nil {
+		path.IPVS, path.NAT = ipvsFromStable(evs, path.Routes, path.NAT)
+	}
 	path.Result = result(evs)
 	return path
 }
@@ -370,13 +377,16 @@ func isReply(t event.Tuple, ct *event.Conntrack) bool {
 	return t.Src == ct.Reply.Src || t.Src == ct.Original.Dst
 }
 
-func entered(e *event.Event) string {
+func entered(e *event.Event, nodeNetns uint32) string {
 	switch {
+	case e.Kind == event.KindXmit && nodeNetns != 0 && e.Netns == nodeNetns:
+		// first seen leaving a device of the node (loopback to a local VIP)
+		return "local"
 	case e.Kind == event.KindNetfilter && e.Hook == event.HookLocalOut:
 		return "local"
-	case e.Kind == event.KindNAT && e.InIfindex == 0:
-		// nf_nat on a packet with no input device: locally originated
-		// (the kernel-function backends see no netfilter hook).
+	case (e.Kind == event.KindNAT || e.Kind == event.KindIPVSIn) && e.InIfindex == 0:
+		// nf_nat or IPVS on a packet with no input device: locally
+		// originated (the kernel-function backends see no netfilter hook).
 		return "local"
 	}
 	return ""
@@ -386,44 +396,164 @@ func entered(e *event.Event) string {
 // function backends produced them, else from the netfilter before/after pairs.
 func natSteps(evs []event.Event) []event.NATStep {
 	var out []event.NATStep
+	kernelFunc := false
 	for i := range evs {
 		e := &evs[i]
-		if e.Kind != event.KindNAT {
-			continue
+		switch e.Kind {
+		case event.KindNAT:
+			out = append(out, event.NATStep{
+				Type: e.NAT, By: "nf_nat", Hook: natHook(evs, i), Before: e.Packet, After: e.NATResult, Source: e.Source,
+			})
+			kernelFunc = true
+		case event.KindIPVSXmit:
+			after := e.NATResult
+			if after.IsZero() {
+				after = ipvsAfter(evs, i)
+			}
+			if !after.IsZero() {
+				out = append(out, event.NATStep{Type: event.DNAT, By: "ipvs", Hook: event.HookLocalIn.String(),
+					Before: e.Packet, After: after, Source: e.Source})
+			}
+			kernelFunc = true
 		}
-		out = append(out, event.NATStep{
-			Type: e.NAT, By: "nf_nat", Hook: natHook(evs, i), Before: e.Packet, After: e.NATResult, Source: e.Source,
-		})
 	}
-	if len(out) > 0 {
+	if kernelFunc {
 		return out
 	}
+	return netfilterRewrites(evs)
+}
+
+// netfilterRewrites reads the packet's rewrites off the netfilter links. A
+// change between a hook's "before NAT" and "after NAT" observation is
+// nf_nat's. A change between two observations at different hooks happened
+// outside nf_nat's priorities: that is IPVS, which takes the packet at
+// INPUT (or OUTPUT for the node's own traffic) and sends it out again
+// through OUTPUT, and rewrites replies between FORWARD and POSTROUTING.
+func netfilterRewrites(evs []event.Event) []event.NATStep {
+	var out []event.NATStep
+	var prev *event.Event
 	for i := range evs {
-		b := &evs[i]
-		if b.Kind != event.KindNetfilter || b.AfterNAT {
+		e := &evs[i]
+		if e.Kind != event.KindNetfilter {
 			continue
 		}
-		for j := i + 1; j < len(evs); j++ {
-			a := &evs[j]
-			if a.Kind != event.KindNetfilter || a.Hook != b.Hook || a.Netns != b.Netns {
-				continue
+		if prev != nil && prev.Netns == e.Netns && prev.Packet != e.Packet {
+			typ := event.SNAT
+			if prev.Packet.Dst != e.Packet.Dst {
+				typ = event.DNAT
 			}
-			if !a.AfterNAT {
-				break // the packet came through this hook again
-			}
-			if a.Packet != b.Packet {
-				typ := event.SNAT
-				if a.Packet.Dst != b.Packet.Dst {
-					typ = event.DNAT
+			step := event.NATStep{Type: typ, By: "nf_nat", Hook: prev.Hook.String(),
+				Before: prev.Packet, After: e.Packet, Source: e.Source}
+			if prev.Hook != e.Hook || prev.AfterNAT || !e.AfterNAT {
+				step.By = "ipvs"
+				if prev.Hook == event.HookPreRouting {
+					step.Hook = event.HookLocalIn.String()
 				}
-				out = append(out, event.NATStep{
-					Type: typ, By: "nf_nat", Hook: b.Hook.String(), Before: b.Packet, After: a.Packet, Source: a.Source,
-				})
 			}
-			break
+			out = append(out, step)
 		}
+		prev = e
 	}
 	return out
+}
+
+// ipvsFromStable tells, for the stable backend (no IPVS probes), what IPVS
+// did: from the rewrite the netfilter links saw, or, when the packet died
+// at INPUT after a failed route lookup towards another address, from that
+// lookup (IPVS picked that real server and could not reach it).
+func ipvsFromStable(evs []event.Event, routes []event.RouteStep, nat []event.NATStep) (*event.IPVSStep, []event.NATStep) {
+	for _, n := range nat {
+		if n.By == "ipvs" && n.Type == event.DNAT {
+			return &event.IPVSStep{Virtual: n.Before.Dst, Real: n.After.Dst, Source: n.Source}, nat
+		}
+	}
+	if len(nat) > 0 {
+		return nil, nat
+	}
+	var lastNF *event.Event
+	for i := range evs {
+		if evs[i].Kind == event.KindNetfilter {
+			lastNF = &evs[i]
+		}
+	}
+	if lastNF == nil || lastNF.Hook != event.HookLocalIn {
+		return nil, nat
+	}
+	for _, r := range routes {
+		if r.Kind == "fib" && r.Error != 0 && r.Dst != lastNF.Packet.Dst.Addr() && r.Time >= lastNF.Time {
+			after := lastNF.Packet
+			after.Dst = netip.AddrPortFrom(r.Dst, 0) // the real server's port is not visible
+			step := event.NATStep{Type: event.DNAT, By: "ipvs", Hook: event.HookLocalIn.String(),
+				Before: lastNF.Packet, After: after, Source: lastNF.Source}
+			return &event.IPVSStep{Virtual: lastNF.Packet.Dst, Real: after.Dst, Source: lastNF.Source}, []event.NATStep{step}
+		}
+	}
+	return nil, nat
+}
+
+// ipvsAfter finds where IPVS sent a packet when the connection itself could
+// not be read (no module BTF): the new connection's real server, else the
+// packet's next tuple.
+func ipvsAfter(evs []event.Event, i int) event.Tuple {
+	before := evs[i].Packet
+	for j := range evs {
+		if c := evs[j].IPVS; evs[j].Kind == event.KindIPVSConn && c != nil && c.Real.IsValid() {
+			after := before
+			after.Dst = c.Real
+			return after
+		}
+	}
+	for j := i + 1; j < len(evs); j++ {
+		if t := evs[j].Packet; t.Dst != before.Dst && t.Src == before.Src {
+			return t
+		}
+	}
+	return event.Tuple{}
+}
+
+// ipvsStep summarises what IPVS did: virtual server hit, connection new or
+// reused, real server, or no destination.
+func ipvsStep(evs []event.Event) *event.IPVSStep {
+	var st *event.IPVSStep
+	sawConn := false
+	for i := range evs {
+		e := &evs[i]
+		switch e.Kind {
+		case event.KindIPVSIn:
+			if st == nil {
+				st = &event.IPVSStep{Virtual: e.Packet.Dst, Source: e.Source}
+			}
+		case event.KindIPVSConn:
+			if st == nil {
+				st = &event.IPVSStep{Virtual: e.Packet.Dst, Source: e.Source}
+			}
+			sawConn = true
+			st.Connection = "new"
+			if e.IPVS != nil {
+				st.Real = e.IPVS.Real
+				st.Weight, st.Available = e.IPVS.Weight, e.IPVS.Available
+			}
+		case event.KindIPVSNoDest:
+			if st == nil {
+				st = &event.IPVSStep{Virtual: e.Packet.Dst, Source: e.Source}
+			}
+			st.NoDestination = true
+		case event.KindIPVSXmit:
+			if st == nil {
+				st = &event.IPVSStep{Virtual: e.Packet.Dst, Source: e.Source}
+			}
+			if !sawConn {
+				st.Connection = "reused"
+			}
+			if e.IPVS != nil {
+				st.Real = e.IPVS.Real
+				if e.IPVS.Weight != nil {
+					st.Weight, st.Available = e.IPVS.Weight, e.IPVS.Available
+				}
+			}
+		}
+	}
+	return st
 }
 
 // natHook tells the netfilter hook of an nf_nat event: from the netfilter
@@ -475,7 +605,13 @@ func (c *Correlator) claimRoutes(path *event.Path, netnses map[uint32]bool) []ev
 		if f.ev.Netns != 0 && len(netnses) > 0 && !netnses[f.ev.Netns] {
 			continue
 		}
-		if !flowMatches(&f.ev, tuples) {
+		// A lookup that failed while the packet was in flight, in its
+		// namespace, is the packet's own even when its destination is not one
+		// the packet carried yet: IPVS looks the real server up before it
+		// rewrites, and drops the packet when that fails.
+		inFlight := f.ev.RouteError != 0 && f.ev.Time >= path.Start &&
+			((f.ev.Netns != 0 && netnses[f.ev.Netns]) || (f.ev.SKB != 0 && f.ev.SKB == path.SKB))
+		if !inFlight && !flowMatches(&f.ev, tuples) {
 			continue
 		}
 		f.claimed = true
@@ -570,6 +706,22 @@ func step(e *event.Event) event.Step {
 		s.Detail = e.DropReason
 		if e.Symbol != "" {
 			s.Detail += " at " + e.Symbol
+		}
+	case event.KindIPVSIn:
+		s.Where = "IPVS virtual server " + e.Packet.Dst.String()
+		s.Ifindex = e.InIfindex
+	case event.KindIPVSConn:
+		s.Where = "IPVS new connection"
+		if e.IPVS != nil {
+			s.Detail = "real server " + e.IPVS.Real.String()
+		}
+	case event.KindIPVSNoDest:
+		s.Where = "IPVS: no destination"
+		s.Detail = "virtual server " + e.Packet.Dst.String() + " has no real server"
+	case event.KindIPVSXmit:
+		s.Where = "IPVS masquerade to real server"
+		if e.IPVS != nil {
+			s.Detail = e.Packet.Dst.String() + " -> " + e.IPVS.Real.String()
 		}
 	case event.KindICMP:
 		s.Where = "ICMP error sent"

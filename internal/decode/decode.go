@@ -81,7 +81,9 @@ func Convert(r *bpfobj.SvctraceEvent, ev *event.Event, opts Options) {
 	if r.Comm[0] != 0 {
 		ev.Comm = cString(r.Comm[:])
 	}
-	if r.CtValid != 0 {
+	if r.CtValid == 2 {
+		ev.IPVS = ipvsConn(r)
+	} else if r.CtValid != 0 {
 		if ct == nil {
 			ct = &event.Conntrack{}
 		}
@@ -133,7 +135,26 @@ func Convert(r *bpfobj.SvctraceEvent, ev *event.Event, opts Options) {
 	case event.KindICMP:
 		ev.ICMPType = uint8(r.Reason >> 8)
 		ev.ICMPCode = uint8(r.Reason)
+	case event.KindIPVSXmit:
+		if ev.IPVS != nil {
+			ev.NAT = event.DNAT
+			ev.NATResult = ev.Packet
+			ev.NATResult.Dst = ev.IPVS.Real
+		}
 	}
+}
+
+// ipvsConn reads the IPVS connection the kernel side put in the conntrack
+// tuples: original = client -> virtual, reply = real -> client.
+func ipvsConn(r *bpfobj.SvctraceEvent) *event.IPVSConn {
+	orig, reply := tuple(&r.CtOrig), tuple(&r.CtReply)
+	c := &event.IPVSConn{Client: orig.Src, Virtual: orig.Dst, Real: reply.Src, Proto: orig.Proto}
+	if r.RsFlags&(1<<31) != 0 {
+		w := int32(r.RsWeight)
+		avail := r.RsFlags&1 != 0
+		c.Weight, c.Available = &w, &avail
+	}
+	return c
 }
 
 // NATResult computes the packet's tuple after an nf_nat rewrite. The kernel

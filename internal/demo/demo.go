@@ -32,6 +32,11 @@ type Options struct {
 	JSON     bool
 	Backend  attach.Backend
 	Variant  lab.Variant
+	// Proxy is kube-proxy's mode in the lab (iptables by default; ipvs needs
+	// the ip_vs module).
+	Proxy lab.ProxyMode
+	// Events also prints every raw kernel event.
+	Events bool
 	// Keep leaves each lab's namespaces up (and prints how to reach them).
 	Keep bool
 	// PerPacket shows every packet instead of one block per flow direction.
@@ -130,7 +135,7 @@ func Focus(spec lab.Spec) (svc lab.ServiceSpec, node string, err error) {
 	}
 	c := spec.Checks[0]
 	for _, x := range spec.Checks {
-		if x.Expect.Err != nil {
+		if x.Expected(spec.Proxy.Mode).Err != nil {
 			c = x
 			break
 		}
@@ -168,6 +173,9 @@ func runOne(ctx context.Context, sc lab.Scenario, opts Options) (Result, error) 
 	spec, err := sc.Spec(opts.Variant)
 	if err != nil {
 		return res, err
+	}
+	if opts.Proxy != "" {
+		spec.Proxy.Mode = opts.Proxy
 	}
 	svc, node, err := Focus(spec)
 	if err != nil {
@@ -225,6 +233,7 @@ func runOne(ctx context.Context, sc lab.Scenario, opts Options) (Result, error) 
 			Renderer:  opts.Renderer,
 			Warn:      io.Discard,
 			PerFlow:   !opts.PerPacket,
+			Events:    opts.Events,
 			Ready:     func() { close(ready) },
 		})
 		done <- outcome{st, err}
@@ -250,7 +259,7 @@ func runOne(ctx context.Context, sc lab.Scenario, opts Options) (Result, error) 
 	res.Stats = o.stats
 	for _, c := range res.Checks {
 		rec := Record{Type: "check", Scenario: sc.Name, Check: c.Check.Name, From: c.Check.From,
-			To: c.Check.Address + "/" + c.Check.Network, Answer: c.Answer, Expected: c.Check.Expect.String(), AsExpect: c.OK()}
+			To: c.Check.Address + "/" + c.Check.Network, Answer: c.Answer, Expected: c.Check.Expected(spec.Proxy.Mode).String(), AsExpect: c.OK()}
 		if c.Err != nil {
 			rec.Error = shortErr(c.Err)
 		}

@@ -201,8 +201,8 @@ func (d *Diagnoser) judge(p *event.Path) *event.Verdict {
 		d.staleBackend,
 		d.noLocalEndpoint,
 		d.noBackend,
-		d.wrongSource,
 		d.missingMasquerade,
+		d.wrongSource,
 	} {
 		if v := rule(f); v != nil {
 			return v
@@ -489,8 +489,8 @@ func (d *Diagnoser) missingMasquerade(f *facts) *event.Verdict {
 		return nil
 	}
 	b := d.backend(f.dnat.After.Dst, f.p.Original.Proto)
-	if b.Node == "" || d.cfg.Node == "" || b.Node == d.cfg.Node {
-		return nil
+	if b.Pod == "" || b.Node == "" || d.cfg.Node == "" || b.Node == d.cfg.Node {
+		return nil // not a Pod on another node
 	}
 	out := ""
 	if f.outStep != nil {

@@ -215,10 +215,11 @@ func (e Expect) Verify(answer string, err error) error {
 
 // Probe runs one check.
 func (l *Lab) Probe(ctx context.Context, c Check) CheckResult {
+	expect := c.Expected(l.spec.Proxy.Mode)
 	timeout := c.Timeout
 	if timeout == 0 {
 		timeout = DefaultProbeTimeout
-		if errors.Is(c.Expect.Err, ErrTimeout) {
+		if errors.Is(expect.Err, ErrTimeout) {
 			timeout = ExpectTimeoutProbe
 		}
 	}
@@ -232,7 +233,7 @@ func (l *Lab) Probe(ctx context.Context, c Check) CheckResult {
 	}
 	start := time.Now()
 	answer, local, err := l.probe(ctx, c.From, network, c.Address, opts)
-	return CheckResult{Check: c, Answer: answer, Local: local, Err: err, Duration: time.Since(start), Problem: c.Expect.Verify(answer, err)}
+	return CheckResult{Check: c, Answer: answer, Local: local, Err: err, Duration: time.Since(start), Problem: expect.Verify(answer, err)}
 }
 
 // RunChecks runs the spec's checks in order.

@@ -6,7 +6,6 @@ import (
 	"encoding/base32"
 	"fmt"
 	"net"
-	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -103,28 +102,19 @@ func NewRuleWriter(mode ProxyMode) (RuleWriter, error) {
 		return iptablesWriter{}, nil
 	case ProxyIPVS:
 		return ipvsWriter{}, nil
+	case ProxyNone:
+		return noneWriter{}, nil
 	default:
 		return nil, fmt.Errorf("unknown proxy mode %q", mode)
 	}
 }
 
-// ipvsWriter is the reserved IPVS mode: ipvsadm virtual servers on a
-// kube-ipvs0 dummy device plus kube-proxy's ipset/iptables glue. It is built
-// where the ip_vs module exists (the VM test kernels).
-type ipvsWriter struct{}
+// noneWriter leaves the nodes' service rules to someone else.
+type noneWriter struct{}
 
-func (ipvsWriter) Mode() ProxyMode { return ProxyIPVS }
-
-func (ipvsWriter) Available() error {
-	if _, err := os.Stat("/proc/net/ip_vs"); err != nil {
-		return fmt.Errorf("proxy mode ipvs: /proc/net/ip_vs is absent (no ip_vs module): %w", ErrNotSupported)
-	}
-	return fmt.Errorf("proxy mode ipvs: rule writer: %w", ErrNotImplemented)
-}
-
-func (w ipvsWriter) Apply(context.Context, Target, ProxyView) (string, error) {
-	return "", w.Available()
-}
+func (noneWriter) Mode() ProxyMode                                          { return ProxyNone }
+func (noneWriter) Available() error                                         { return nil }
+func (noneWriter) Apply(context.Context, Target, ProxyView) (string, error) { return "", nil }
 
 // Chain names, computed like kube-proxy's iptables proxier.
 

@@ -36,6 +36,9 @@ const (
 	// ProxyIPVS is reserved for kube-proxy's IPVS mode (ipvsadm plus a
 	// kube-ipvs0 dummy device); it needs the ip_vs module.
 	ProxyIPVS ProxyMode = "ipvs"
+	// ProxyNone writes no service rules: something else programs the
+	// nodes (the real kube-proxy in the Kubernetes API tests).
+	ProxyNone ProxyMode = "none"
 )
 
 // Overlay selects how pod traffic crosses nodes.
@@ -268,6 +271,17 @@ type Check struct {
 	Source  string // optional local address to bind: "ip", "ip:port" or ":port"
 	Timeout time.Duration
 	Expect  Expect
+	// IPVS, when set, is the expectation in kube-proxy's IPVS mode where it
+	// differs (IPVS refuses what iptables mode drops, for example).
+	IPVS *Expect
+}
+
+// Expected returns the check's expectation under a proxy mode.
+func (c Check) Expected(mode ProxyMode) Expect {
+	if mode == ProxyIPVS && c.IPVS != nil {
+		return *c.IPVS
+	}
+	return c.Expect
 }
 
 // Expect is a probe's expected outcome: an answer, or an error matching Err

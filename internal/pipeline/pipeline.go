@@ -45,6 +45,9 @@ type Config struct {
 	// enrichment (recorders, pcapng comments).
 	OnPath    func(*event.Path)
 	OnVerdict func(*event.Verdict)
+	// OnAdvance, when set, sees every Advance before the pipeline acts on
+	// it (recordings replay the clock).
+	OnAdvance func(now uint64)
 }
 
 // Pipeline turns events into rendered paths and verdicts. Not safe for
@@ -69,7 +72,7 @@ func New(cfg Config) *Pipeline {
 	if cfg.PerFlow {
 		p.flows = newFlowFilter(65536)
 	}
-	p.corr = correlate.New(correlate.Options{Idle: cfg.Idle}, p.path)
+	p.corr = correlate.New(correlate.Options{Idle: cfg.Idle, NodeNetns: cfg.NodeNetns}, p.path)
 	return p
 }
 
@@ -92,7 +95,12 @@ func (p *Pipeline) Event(ev *event.Event) {
 }
 
 // Advance moves time to now (kernel ktime, ns), completing idle packets.
-func (p *Pipeline) Advance(now uint64) { p.corr.Advance(now) }
+func (p *Pipeline) Advance(now uint64) {
+	if p.cfg.OnAdvance != nil {
+		p.cfg.OnAdvance(now)
+	}
+	p.corr.Advance(now)
+}
 
 // Flush completes every packet (end of trace or recording).
 func (p *Pipeline) Flush() { p.corr.Flush() }

@@ -158,6 +158,9 @@ func (t *textRenderer) Path(p *event.Path) error {
 		prev = line
 		fmt.Fprintf(w, "  %-8s %s\n", "route", line)
 	}
+	if v := p.IPVS; v != nil {
+		fmt.Fprintf(w, "  %-8s %s\n", t.c(cCyan, "IPVS"), t.ipvs(v))
+	}
 	for _, n := range p.NAT {
 		hook := ""
 		if n.Hook != "" {
@@ -178,6 +181,34 @@ func (t *textRenderer) Path(p *event.Path) error {
 	return nil
 }
 
+func (t *textRenderer) ipvs(v *event.IPVSStep) string {
+	s := "virtual server " + v.Virtual.String()
+	if v.NoDestination {
+		return s + ": " + t.c(cRed, "no destination (no real server)")
+	}
+	if v.Real.IsValid() {
+		if v.Real.Port() == 0 {
+			s += " -> real server " + v.Real.Addr().String()
+		} else {
+			s += " -> real server " + v.Real.String()
+		}
+	}
+	var notes []string
+	if v.Connection != "" {
+		notes = append(notes, v.Connection+" connection")
+	}
+	if v.Weight != nil {
+		notes = append(notes, fmt.Sprintf("weight %d", *v.Weight))
+	}
+	if v.Available != nil && !*v.Available {
+		notes = append(notes, t.c(cRed, "unavailable"))
+	}
+	if len(notes) > 0 {
+		s += " (" + strings.Join(notes, ", ") + ")"
+	}
+	return s
+}
+
 func nameOr(e event.Endpoint) string {
 	if e.Name != "" {
 		return e.Name + " (" + e.Addr.String() + ")"
@@ -191,8 +222,8 @@ func addrOf(t event.Tuple, typ event.NATType) string {
 	if typ == event.DNAT {
 		ap = t.Dst
 	}
-	if t.Proto == event.ProtoICMP {
-		return ap.Addr().String()
+	if t.Proto == event.ProtoICMP || ap.Port() == 0 {
+		return ap.Addr().String() // no port, or a port svctrace could not see
 	}
 	return ap.String()
 }

@@ -22,6 +22,8 @@ type RunInfo struct {
 	// ClockOffset turns kernel timestamps into wall time (ns).
 	ClockOffset int64
 	Plan        []attach.HookStatus
+	// Idle is the correlator's packet completion delay (0: its default).
+	Idle time.Duration
 }
 
 // Sink receives what a trace produces, to record or export it. Calls come
@@ -35,6 +37,9 @@ type Sink interface {
 	Event(ev *event.Event) error
 	Path(p *event.Path) error
 	Verdict(v *event.Verdict) error
+	// Advance says the pipeline's clock moved to now (kernel ktime, ns):
+	// packets idle since before now-Idle complete (recordings replay it).
+	Advance(now uint64) error
 	// Devices may wrap the device resolver (to record what was resolved).
 	Devices(d pipeline.Devices) pipeline.Devices
 	// Close flushes and closes; it is called on every exit path.

@@ -11,6 +11,8 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -117,26 +119,56 @@ func ResolveService(snap *meta.Snapshot, namespace, name string) (*meta.Service,
 	return svc, entries, nil
 }
 
+// warnSkipped says once per reason which hooks are not traced.
+func warnSkipped(w io.Writer, plan []attach.HookStatus) {
+	var reasons []string
+	hooks := map[string][]string{}
+	for _, st := range plan {
+		if st.Skipped == "" {
+			continue
+		}
+		if _, ok := hooks[st.Skipped]; !ok {
+			reasons = append(reasons, st.Skipped)
+		}
+		hooks[st.Skipped] = append(hooks[st.Skipped], st.Hook)
+	}
+	for _, r := range reasons {
+		fmt.Fprintf(w, "svctrace: not traced (%s): %s\n", r, strings.Join(hooks[r], ", "))
+	}
+}
+
 // filterChange describes how the filter entries changed ("" if not).
 func filterChange(old, next []attach.FilterEntry) string {
-	key := func(e attach.FilterEntry) string { return fmt.Sprintf("%s:%d/%d", e.Addr, e.Port, e.Proto) }
-	was := map[string]bool{}
+	key := func(e attach.FilterEntry) string {
+		s := netip.AddrPortFrom(e.Addr, e.Port).String()
+		if !e.Addr.IsValid() {
+			s = "*:" + strconv.Itoa(int(e.Port))
+		}
+		if p := event.ProtoName(e.Proto); p != "" {
+			s += "/" + p
+		}
+		return s
+	}
+	was, is := map[string]bool{}, map[string]bool{}
 	for _, e := range old {
 		was[key(e)] = true
 	}
-	is := map[string]bool{}
-	var added, removed []string
 	for _, e := range next {
 		is[key(e)] = true
-		if !was[key(e)] {
-			added = append(added, netip.AddrPortFrom(e.Addr, e.Port).String())
+	}
+	var added, removed []string
+	for k := range is {
+		if !was[k] {
+			added = append(added, k)
 		}
 	}
-	for _, e := range old {
-		if !is[key(e)] {
-			removed = append(removed, netip.AddrPortFrom(e.Addr, e.Port).String())
+	for k := range was {
+		if !is[k] {
+			removed = append(removed, k)
 		}
 	}
+	sort.Strings(added)
+	sort.Strings(removed)
 	var parts []string
 	if len(added) > 0 {
 		parts = append(parts, "added "+strings.Join(added, ", "))
@@ -188,11 +220,7 @@ func Run(ctx context.Context, cfg Config) (*event.Stats, error) {
 	if warn == nil {
 		warn = io.Discard
 	}
-	for _, st := range probes.Plan() {
-		if st.Skipped != "" {
-			fmt.Fprintf(warn, "svctrace: hook %s not traced: %s\n", st.Hook, st.Skipped)
-		}
-	}
+	warnSkipped(warn, probes.Plan())
 	if skipped, err := probes.SetFilter(entries, cfg.TraceAll); err != nil {
 		return nil, fmt.Errorf("program filter: %w", err)
 	} else if skipped > 0 {
@@ -217,7 +245,7 @@ func Run(ctx context.Context, cfg Config) (*event.Stats, error) {
 	clock := WallClock()
 	info := RunInfo{Version: cfg.Version, Kernel: kernel.Release(), Node: node, NodeNetns: probes.NetnsInode(),
 		Namespace: svc.Namespace, Service: svc.Name, Backend: string(opts.Backend), Start: time.Now(),
-		ClockOffset: clock.Offset, Plan: probes.Plan()}
+		ClockOffset: clock.Offset, Plan: probes.Plan(), Idle: cfg.Idle}
 	var devices pipeline.Devices = enrich.NewDevices(hints)
 	sinkErr := func(err error) {
 		if err != nil {
@@ -248,6 +276,11 @@ func Run(ctx context.Context, cfg Config) (*event.Stats, error) {
 		pcfg.OnVerdict = func(v *event.Verdict) {
 			for _, s := range cfg.Sinks {
 				sinkErr(s.Verdict(v))
+			}
+		}
+		pcfg.OnAdvance = func(now uint64) {
+			for _, s := range cfg.Sinks {
+				sinkErr(s.Advance(now))
 			}
 		}
 	}

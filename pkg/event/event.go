@@ -275,6 +275,18 @@ func (n *NATType) UnmarshalText(b []byte) error {
 	return nil
 }
 
+// IPVSConn is an IPVS connection: client, virtual server, real server.
+type IPVSConn struct {
+	Client  netip.AddrPort `json:"client"`
+	Virtual netip.AddrPort `json:"virtual"`
+	Real    netip.AddrPort `json:"real"`
+	Proto   uint8          `json:"proto"`
+	// Weight and Available describe the real server, when the module's BTF
+	// let svctrace read them.
+	Weight    *int32 `json:"weight,omitempty"`
+	Available *bool  `json:"available,omitempty"`
+}
+
 // Event is one kernel observation of a traced packet or flow, decoded.
 // Which fields are set depends on Kind; unset fields are omitted in JSON.
 type Event struct {
@@ -322,6 +334,8 @@ type Event struct {
 	ICMPCode   uint8  `json:"icmp_code,omitempty"`
 	// Conntrack entry of the packet, when the kernel had one.
 	Conntrack *Conntrack `json:"conntrack,omitempty"`
+	// IPVS connection (KindIPVSConn, KindIPVSXmit), when known.
+	IPVS *IPVSConn `json:"ipvs,omitempty"`
 	// Task context, for events raised in process context.
 	PID  uint32 `json:"pid,omitempty"`
 	Comm string `json:"comm,omitempty"`

@@ -53,6 +53,20 @@ type NATStep struct {
 	Source  Source `json:"source"`
 }
 
+// IPVSStep is what IPVS did with the packet.
+type IPVSStep struct {
+	Virtual netip.AddrPort `json:"virtual"`
+	Real    netip.AddrPort `json:"real,omitzero"`
+	// Connection is "new" (IPVS scheduled a real server for it), "reused"
+	// (an existing IPVS connection), or "" when not seen.
+	Connection string `json:"connection,omitempty"`
+	// NoDestination: the virtual server had no real server to send it to.
+	NoDestination bool   `json:"no_destination,omitempty"`
+	Weight        *int32 `json:"weight,omitempty"`
+	Available     *bool  `json:"available,omitempty"`
+	Source        Source `json:"source"`
+}
+
 // RouteStep is one route lookup tied to the packet or its flow.
 type RouteStep struct {
 	Time     uint64     `json:"ts"`
@@ -117,6 +131,7 @@ type Path struct {
 	// NetnsName names the namespace the path ended in, when known.
 	NetnsName string      `json:"netns_name,omitempty"`
 	NAT       []NATStep   `json:"nat,omitempty"`
+	IPVS      *IPVSStep   `json:"ipvs,omitempty"`
 	Routes    []RouteStep `json:"routes,omitempty"`
 	Steps     []Step      `json:"steps"`
 	Result    Result      `json:"result"`

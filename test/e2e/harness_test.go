@@ -95,11 +95,30 @@ func requireBackend(t *testing.T) event.Source {
 	return 0
 }
 
+// proxyMode is the kube-proxy mode under test: $SVCTRACE_TEST_PROXY,
+// default iptables.
+func proxyMode() lab.ProxyMode {
+	if m := os.Getenv("SVCTRACE_TEST_PROXY"); m != "" {
+		return lab.ProxyMode(m)
+	}
+	return lab.ProxyIPTables
+}
+
 func upLab(t *testing.T, spec lab.Spec, err error) *lab.Lab {
 	t.Helper()
 	testenv.RequireRoot(t)
 	if err != nil {
 		t.Fatal(err)
+	}
+	spec.Proxy.Mode = proxyMode()
+	w, err := lab.NewRuleWriter(spec.Proxy.Mode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Available(); err != nil {
+		reason := fmt.Sprintf("proxy mode %s on kernel %s: %v", spec.Proxy.Mode, kernel.Release(), err)
+		fmt.Printf("SVCTRACE-NA: %s\n", reason)
+		t.Skipf("kernel feature absent: %s", reason)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -67,7 +67,11 @@ func TestHealthyClusterIP(t *testing.T) {
 	if syn.TCPFlags&0x02 == 0 || syn.Reply {
 		t.Errorf("first packet: flags %#x reply %v, want the SYN", syn.TCPFlags, syn.Reply)
 	}
-	want := event.NATStep{Type: event.DNAT, By: "nf_nat",
+	by := "nf_nat"
+	if proxyMode() == lab.ProxyIPVS {
+		by = "ipvs"
+	}
+	want := event.NATStep{Type: event.DNAT, By: by,
 		Before: tup(netip.AddrPortFrom(client, 40123), netip.AddrPortFrom(vip, 80), 6),
 		After:  tup(netip.AddrPortFrom(client, 40123), netip.AddrPortFrom(backend, 9376), 6),
 		Source: natSource}
@@ -79,8 +83,17 @@ func TestHealthyClusterIP(t *testing.T) {
 	if got != want {
 		t.Errorf("SYN NAT = %+v, want %+v", got, want)
 	}
-	if natSource == event.SourceNetfilter && syn.NAT[0].Hook != "PREROUTING" {
-		t.Errorf("DNAT seen at %q, want PREROUTING", syn.NAT[0].Hook)
+	wantHook := "PREROUTING"
+	if by == "ipvs" {
+		wantHook = "INPUT"
+		if syn.IPVS == nil || syn.IPVS.Virtual != netip.AddrPortFrom(vip, 80) {
+			t.Errorf("SYN IPVS step %+v", syn.IPVS)
+		} else if natSource != event.SourceNetfilter && (syn.IPVS.Connection != "new" || syn.IPVS.Real != netip.AddrPortFrom(backend, 9376)) {
+			t.Errorf("SYN IPVS step %+v: want a new connection to the backend", syn.IPVS)
+		}
+	}
+	if (natSource == event.SourceNetfilter || by == "ipvs") && syn.NAT[0].Hook != wantHook {
+		t.Errorf("DNAT seen at %q, want %s", syn.NAT[0].Hook, wantHook)
 	}
 	if syn.Service != "default/hostnames:80/TCP" {
 		t.Errorf("service %q", syn.Service)
@@ -96,11 +109,14 @@ func TestHealthyClusterIP(t *testing.T) {
 		t.Errorf("SYN outcome %s (%s)", syn.Result.Outcome, syn.Result.Reason)
 	}
 
-	// The backend's SYN-ACK: reverse NAT back to the ClusterIP.
+	// The backend's SYN-ACK: reverse NAT back to the ClusterIP. (IPVS's
+	// reverse rewrite is seen through the netfilter hooks, not probed.)
 	synack := out.find(t, tup(netip.AddrPortFrom(backend, 9376), netip.AddrPortFrom(client, 40123), 6))
-	if !synack.Reply || len(synack.NAT) != 1 || !synack.NAT[0].Reverse ||
-		synack.NAT[0].After.Src != netip.AddrPortFrom(vip, 80) {
-		t.Errorf("SYN-ACK: reply %v NAT %+v", synack.Reply, synack.NAT)
+	if by == "nf_nat" || natSource == event.SourceNetfilter {
+		if !synack.Reply || len(synack.NAT) != 1 || !synack.NAT[0].Reverse ||
+			synack.NAT[0].After.Src != netip.AddrPortFrom(vip, 80) {
+			t.Errorf("SYN-ACK: reply %v NAT %+v", synack.Reply, synack.NAT)
+		}
 	}
 	if synack.Result.Outcome != event.OutcomeDelivered {
 		t.Errorf("SYN-ACK outcome %s", synack.Result.Outcome)
@@ -133,14 +149,23 @@ func TestHostOriginatedConnectSource(t *testing.T) {
 	out := tr.stop(t, syscall.SIGTERM)
 	nodeIP := netip.MustParseAddr("192.168.50.11")
 	vip := netip.MustParseAddr(lab.HostnamesIP)
-	syn := out.find(t, tup(netip.AddrPortFrom(nodeIP, 40125), netip.AddrPortFrom(vip, 80), 6))
+	src := nodeIP
+	if proxyMode() == lab.ProxyIPVS {
+		src = vip
+	}
+	syn := out.find(t, tup(netip.AddrPortFrom(src, 40125), netip.AddrPortFrom(vip, 80), 6))
 	if syn.Entered != "local" {
 		t.Errorf("entered %q, want local", syn.Entered)
 	}
 	// The source address was chosen at connect(), before any packet existed.
+	// In IPVS mode the ClusterIP is local (kube-ipvs0): it is its own source.
+	wantSrc := nodeIP
+	if proxyMode() == lab.ProxyIPVS {
+		wantSrc = vip
+	}
 	var chosen *event.RouteStep
 	for i, r := range syn.Routes {
-		if (r.Kind == "connect" || r.Kind == "output") && r.Dst == vip && r.Src == nodeIP {
+		if (r.Kind == "connect" || r.Kind == "output") && r.Dst == vip && r.Src == wantSrc {
 			chosen = &syn.Routes[i]
 		}
 	}
@@ -150,13 +175,13 @@ func TestHostOriginatedConnectSource(t *testing.T) {
 	if len(syn.NAT) == 0 || syn.NAT[0].Type != event.DNAT || syn.NAT[0].After.Dst.Port() != 9376 {
 		t.Errorf("NAT %+v", syn.NAT)
 	}
-	if syn.NAT[0].Source == event.SourceNetfilter && syn.NAT[0].Hook != "OUTPUT" {
+	if (syn.NAT[0].Source == event.SourceNetfilter || syn.NAT[0].By == "ipvs") && syn.NAT[0].Hook != "OUTPUT" && syn.NAT[0].Hook != "INPUT" {
 		t.Errorf("host traffic DNATed at %q, want OUTPUT", syn.NAT[0].Hook)
 	}
 }
 
 func TestUnreachableBackend(t *testing.T) {
-	requireBackend(t)
+	natSource := requireBackend(t)
 	spec, err := lab.UnreachableBackend(lab.VariantDefault)
 	l := upLab(t, spec, err)
 	tr := startTrace(t, l, "node1", "hostnames")
@@ -168,8 +193,15 @@ func TestUnreachableBackend(t *testing.T) {
 	client := podIP(t, l, lab.CurlPod)
 	backend := podIP(t, l, lab.HostnamesPod)
 	syn := out.find(t, tup(netip.AddrPortFrom(client, 40126), netip.AddrPortFrom(netip.MustParseAddr(lab.HostnamesIP), 80), 6))
-	if len(syn.NAT) == 0 || syn.NAT[0].After.Dst != netip.AddrPortFrom(backend, 9376) {
-		t.Errorf("NAT %+v", syn.NAT)
+	wantTarget := netip.AddrPortFrom(backend, 9376)
+	if proxyMode() == lab.ProxyIPVS && natSource == event.SourceNetfilter {
+		// IPVS fails to route to the real server and drops the packet at
+		// INPUT: the stable backend knows the real server from the failed
+		// lookup, not its port.
+		wantTarget = netip.AddrPortFrom(backend, 0)
+	}
+	if len(syn.NAT) == 0 || syn.NAT[0].After.Dst != wantTarget {
+		t.Errorf("NAT %+v, want DNAT to %s", syn.NAT, wantTarget)
 	}
 	if syn.Result.Outcome != event.OutcomeRejected || syn.Result.Reason != "ICMP host unreachable" {
 		t.Errorf("outcome %s %q, want rejected with ICMP host unreachable", syn.Result.Outcome, syn.Result.Reason)
