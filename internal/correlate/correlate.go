@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/svctrace/svctrace/pkg/event"
@@ -269,7 +270,7 @@ func (c *Correlator) complete(p *packet) {
 	delete(c.packets, p.key)
 	teardownOnly := true
 	for i := range p.events {
-		if p.events[i].Kind != event.KindDrop || !socketTeardown(p.events[i].DropReason) {
+		if p.events[i].Kind != event.KindDrop || !socketTeardown(&p.events[i]) {
 			teardownOnly = false
 			break
 		}
@@ -748,12 +749,20 @@ func step(e *event.Event) event.Step {
 	return s
 }
 
-// socketTeardown reports drop reasons that free a packet already delivered
-// to a socket when the socket goes away: not a network drop.
-func socketTeardown(reason string) bool {
-	switch reason {
+// socketTeardown reports frees of a packet already delivered to a socket,
+// when the socket goes away: not a network drop. Reasons name them on
+// recent kernels; older ones (NOT_SPECIFIED, or no reasons before 5.17)
+// are recognised by where the free happens.
+func socketTeardown(e *event.Event) bool {
+	switch e.DropReason {
 	case "QUEUE_PURGE", "SOCKET_CLOSE", "TCP_CLOSE":
 		return true
+	}
+	for _, fn := range []string{"sk_stream_kill_queues+", "skb_queue_purge", "__skb_queue_purge", "tcp_write_queue_purge+",
+		"inet_csk_destroy_sock+", "tcp_v4_destroy_sock+", "sk_common_release+", "skb_release_all+"} {
+		if strings.HasPrefix(e.Symbol, fn) {
+			return true
+		}
 	}
 	return false
 }
@@ -766,7 +775,7 @@ func result(evs []event.Event) event.Result {
 		e := &evs[i]
 		switch e.Kind {
 		case event.KindDrop:
-			if socketTeardown(e.DropReason) && i > 0 {
+			if socketTeardown(e) && i > 0 {
 				evs = evs[:i] // delivered; freed later with its socket
 			} else if drop == nil {
 				drop = e

@@ -348,7 +348,11 @@ func (d *Diagnoser) noBackend(f *facts) *event.Verdict {
 		}
 	}
 	rejected := f.p.Result.Outcome == event.OutcomeRejected
-	nfDrop := f.p.Result.Reason == "NETFILTER_DROP" || f.p.Result.DropReason == "NETFILTER_DROP"
+	// NETFILTER_DROP names a netfilter verdict (REJECT drops after sending
+	// its ICMP error); kernels without drop reasons (before 5.17) show it
+	// by where the packet was freed.
+	nfDrop := f.p.Result.Reason == "NETFILTER_DROP" || f.p.Result.DropReason == "NETFILTER_DROP" ||
+		strings.HasPrefix(f.p.Result.Location, "nf_hook_slow+")
 	if !ipvsNoDest && !(rejected && nfDrop) {
 		return nil
 	}
