@@ -1,13 +1,22 @@
 # svctrace: build, generate, test.
+# sudo's secure_path usually lacks Go's own directory.
+export PATH := /usr/local/go/bin:$(PATH)
+
 GO        ?= go
 BIN       ?= bin/svctrace
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X github.com/svctrace/svctrace/internal/cli.Version=$(VERSION)
-# Every test package; privileged ones need root (they build network namespaces
-# and load BPF) and run in CI.
-PKGS      ?= ./...
 
-.PHONY: all build generate deps check test test-unit bench vet clean demo
+# The VM kernel matrix runs the privileged attach and end-to-end tests on
+# Debian's 5.10, 6.1 and 6.12 kernels, every backend x proxy cell they
+# support. The Kubernetes API tests run on the host only (the real
+# kube-apiserver is not booted in the VMs).
+VM_PACKAGES := ./internal/attach/ ./test/e2e/
+VM_RUN      := ^(TestHealthyClusterIP|TestHostOriginatedConnectSource|TestUnreachableBackend|TestVerdict.*|TestLoadAttachAndRelease|TestForcedBackendReportsSkips|TestFilterUpdatesInPlace)$$
+VM_KERNELS  := 5.10,6.1,6.12
+VM_PARALLEL := 2
+
+.PHONY: all build generate deps kapi check test test-unit fuzz bench vet clean demo
 
 all: build
 
@@ -22,27 +31,37 @@ generate:
 deps:
 	./hack/install-deps.sh
 
+# Real etcd, kube-apiserver and kube-proxy for the Kubernetes API tests
+# (built once from the Go module proxy, cached by version and go.sum hash).
+kapi:
+	./hack/build-kapi.sh
+
 vet:
 	$(GO) vet ./...
-
-# The whole suite: unit tests, the generated-code drift check, the privileged
-# end-to-end tests on this kernel, and the VM kernel matrix.
-test: vet
-	$(GO) test -count=1 -p 1 -timeout 40m $(PKGS)
-
-test-unit:
-	$(GO) test -count=1 -short ./...
-
-include test/vm/Makefile.vm
-
-bench:
-	$(GO) run ./test/bench
 
 # The README's two commands: set up and run the demo; set up and run every test.
 demo: deps build
 	$(BIN) demo
 
-check: deps test
+check: deps kapi test vm-matrix fuzz
+
+# Unit tests, the generated-code drift check, and the privileged tests on
+# this kernel (lab e2e, real kube-apiserver + kube-proxy, recordings).
+test: vet
+	$(GO) test -count=1 -p 1 -timeout 30m ./...
+
+test-unit:
+	$(GO) test -count=1 -short ./...
+
+# A short fuzz run of the recording reader (longer: FUZZTIME=10m make fuzz).
+FUZZTIME ?= 10s
+fuzz:
+	$(GO) test -run='^$$' -fuzz=FuzzReader -fuzztime=$(FUZZTIME) ./internal/record/
+
+bench:
+	$(GO) run ./test/bench
 
 clean:
 	rm -rf bin
+
+include test/vm/Makefile.vm

@@ -7,7 +7,7 @@ SUDO=""
 pkgs=(
   clang llvm           # regenerate the BPF object (drift check)
   iproute2 iptables nftables conntrack  # the lab: namespaces, kube-proxy-style rules
-  ipvsadm              # IPVS scenarios (in VM kernels that have ip_vs)
+  ipvsadm ipset        # IPVS scenarios (in VM kernels that have ip_vs; kube-proxy's IPVS mode)
   qemu-system-x86 busybox-static kmod zstd xz-utils  # the VM kernel matrix
   tshark               # reads the pcapng files svctrace writes
   iperf3               # benchmarks

@@ -133,6 +133,10 @@ func Load(opts Options) (_ *Probes, err error) {
 				st.Tried = append(st.Tried, fmt.Sprintf("%s: needs the %s hook", im.flavour, im.derived))
 				continue
 			}
+			if im.flavour == implNetfilter && im.derived == "" && !p.useRing {
+				st.Tried = append(st.Tried, "netfilter: netfilter programs cannot write to the perf buffer transport (kernels with netfilter links, 6.4+, all have the ring buffer)")
+				continue
+			}
 			if im.check != nil {
 				if err := im.check(e); err != nil {
 					st.Tried = append(st.Tried, fmt.Sprintf("%s: %v", im.flavour, err))

@@ -52,6 +52,7 @@ type Correlator struct {
 	order   []*packet // by first event, for eviction and deterministic flushing
 	flows   []flowEvent
 	emit    func(*event.Path)
+	free    []*packet // completed packets, reused (their event storage)
 	evicted uint64
 	dropped uint64 // flow events nobody claimed
 	now     uint64
@@ -114,17 +115,22 @@ func (c *Correlator) Add(ev *event.Event) {
 		if len(c.packets) >= c.opts.MaxPackets {
 			c.evictOldest()
 		}
-		p = &packet{key: k}
+		p = c.newPacket(k)
 		c.packets[k] = p
 		c.order = append(c.order, p)
 	}
-	e := *ev
+	p.events = append(p.events, *ev)
+	e := &p.events[len(p.events)-1]
 	e.Header = slices.Clone(ev.Header)
 	if ev.Conntrack != nil {
-		ct := *ev.Conntrack
-		e.Conntrack = &ct
+		// A packet meets the same conntrack entry at most hooks: share one copy.
+		if n := len(p.events); n > 1 && p.events[n-2].Conntrack != nil && *p.events[n-2].Conntrack == *ev.Conntrack {
+			e.Conntrack = p.events[n-2].Conntrack
+		} else {
+			ct := *ev.Conntrack
+			e.Conntrack = &ct
+		}
 	}
-	p.events = append(p.events, e)
 	p.last = ev.Time
 }
 
@@ -135,6 +141,26 @@ func follows(prev, next event.Tuple) bool {
 		return false
 	}
 	return prev.Src == next.Src || prev.Dst == next.Dst
+}
+
+// newPacket takes a packet from the free list, or makes one.
+func (c *Correlator) newPacket(k pktKey) *packet {
+	if n := len(c.free); n > 0 {
+		p := c.free[n-1]
+		c.free = c.free[:n-1]
+		p.key = k
+		return p
+	}
+	return &packet{key: k, events: make([]event.Event, 0, 16)}
+}
+
+// release returns a completed packet's storage to the free list.
+func (c *Correlator) release(p *packet) {
+	clear(p.events)
+	p.events = p.events[:0]
+	if len(c.free) < 1024 {
+		c.free = append(c.free, p)
+	}
 }
 
 func (c *Correlator) evictOldest() {
@@ -279,6 +305,7 @@ func (c *Correlator) complete(p *packet) {
 		// A delivered packet freed with its socket, seen after its path
 		// completed: nothing new to report.
 		c.dropped += uint64(len(p.events))
+		c.release(p)
 		return
 	}
 	slices.SortStableFunc(p.events, func(a, b event.Event) int {
@@ -291,6 +318,7 @@ func (c *Correlator) complete(p *packet) {
 		return 0
 	})
 	c.emit(c.build(p))
+	c.release(p)
 }
 
 func (c *Correlator) build(p *packet) *event.Path {

@@ -79,6 +79,9 @@ func New(cfg Config) *Pipeline {
 // SetMetadata switches to a newer snapshot of the cluster (the traced
 // Service's endpoints changed).
 func (p *Pipeline) SetMetadata(snap *meta.Snapshot, svc *meta.Service) {
+	// Packets already seen are judged against the cluster as it was when
+	// they passed: complete them before switching.
+	p.corr.Flush()
 	p.cfg.Snap, p.cfg.Service = snap, svc
 	p.en.Names = Namer{snap}
 	p.diag.SetSnapshot(snap, svc)

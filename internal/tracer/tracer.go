@@ -69,6 +69,9 @@ type Config struct {
 	Node string
 	// Sinks record or export the trace (recordings, pcapng).
 	Sinks []Sink
+	// Notices, when set, delivers messages from the metadata source (the
+	// API server went away, is back) to render as notice records.
+	Notices <-chan string
 	// Headers keeps packet header bytes in events (pcapng export).
 	Headers bool
 	// Version is svctrace's version, for recordings.
@@ -385,6 +388,8 @@ func Run(ctx context.Context, cfg Config) (*event.Stats, error) {
 			} else {
 				updates = nil
 			}
+		case msg := <-cfg.Notices:
+			_ = cfg.Renderer.Record(notice(msg))
 		default:
 		}
 		now = time.Now()

@@ -213,3 +213,27 @@ func TestUnreachableBackend(t *testing.T) {
 		t.Errorf("want the failed route lookup (EHOSTUNREACH) towards %s: %+v", backend, syn.Routes)
 	}
 }
+
+// TestPerfBufferTransport forces the perf event array (the transport of
+// kernels before 5.8, which have no ring buffer) and checks that packets
+// are still traced end to end.
+func TestPerfBufferTransport(t *testing.T) {
+	requireBackend(t)
+	spec, err := lab.Healthy(lab.VariantDefault)
+	l := upLab(t, spec, err)
+	tr := startTrace(t, l, "node1", "hostnames", "--perf-buffer")
+	answer, err := l.Dial(context.Background(), lab.CurlPod, "tcp", "10.96.0.10:80", lab.WithSource(":40127"))
+	if err != nil || answer != lab.HostnamesPod {
+		t.Fatalf("dial: %q, %v", answer, err)
+	}
+	out := tr.stop(t, syscall.SIGINT)
+	client := podIP(t, l, lab.CurlPod)
+	syn := out.find(t, tup(netip.AddrPortFrom(client, 40127), netip.AddrPortFrom(netip.MustParseAddr(lab.HostnamesIP), 80), 6))
+	if syn.Result.Outcome != event.OutcomeDelivered || len(syn.Routes) == 0 {
+		t.Errorf("SYN over the perf buffer: outcome %s, %d routes", syn.Result.Outcome, len(syn.Routes))
+	}
+	if st := out.final(t); st.Lost != 0 || st.Events == 0 {
+		t.Errorf("final stats %+v", st)
+	}
+	t.Logf("stderr: %s", tr.stderr.String())
+}
