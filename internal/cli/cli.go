@@ -12,6 +12,7 @@ import (
 
 	"github.com/svctrace/svctrace/internal/attach"
 	"github.com/svctrace/svctrace/internal/kernel"
+	"github.com/svctrace/svctrace/internal/kube"
 	"github.com/svctrace/svctrace/internal/meta"
 	"github.com/svctrace/svctrace/internal/tracer"
 )
@@ -60,6 +61,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 func isUsageError(err error) bool {
 	return errors.Is(err, meta.ErrUnknownService) || errors.Is(err, tracer.ErrHeadless) ||
 		errors.Is(err, kernel.ErrNoBTF) || errors.Is(err, attach.ErrPrivileges) ||
+		errors.Is(err, kube.ErrUnreachable) || errors.Is(err, kube.ErrForbidden) ||
 		errors.Is(err, errFlag)
 }
 
@@ -129,7 +131,8 @@ nodes) tracepoints plus BPF netfilter links. 'svctrace doctor' shows which.`,
 	root.SetErr(stderr)
 	root.Version = Version
 	o.addFlags(root)
-	root.AddCommand(newDoctor(stdout, stderr), newDemo(stdout, stderr), newVersion(stdout))
+	asKubectlPlugin(root, os.Args[0])
+	root.AddCommand(newDoctor(stdout, stderr), newDemo(stdout, stderr), newVersion(stdout), newReplay(stdout, stderr))
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageErr(fmt.Errorf("%w (see '%s --help')", err, c.CommandPath()))
 	})

@@ -12,7 +12,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/svctrace/svctrace/internal/attach"
-	"github.com/svctrace/svctrace/internal/meta"
 	"github.com/svctrace/svctrace/internal/render"
 	"github.com/svctrace/svctrace/internal/tracer"
 )
@@ -38,12 +37,16 @@ type traceOptions struct {
 	node       string
 
 	backendV attach.Backend
+	notices  chan string // from the metadata source (API server lost / back)
+	kubeOptions
+	recordOptions
 }
 
 func (o *traceOptions) addFlags(c *cobra.Command) {
 	f := c.Flags()
 	f.StringVar(&o.service, "svc", "", "the Service to trace (required)")
-	f.StringVarP(&o.namespace, "namespace", "n", "default", "the Service's namespace")
+	o.addKubeFlags(c)
+	o.addRecordFlags(c)
 	f.StringVar(&o.manifests, "manifests", "", "file or folder of Service, EndpointSlice, Pod and Node objects (YAML or JSON, as 'kubectl get -o yaml' writes them)")
 	f.StringVar(&o.backend, "backend", "auto", "how to attach to kernel functions: auto (fentry, then kprobe, then stable, per hook), fentry, kprobe, or netfilter (tracepoints + BPF netfilter links only)")
 	f.StringVar(&o.netns, "netns", "", "network namespace of the node (a path like /run/netns/node1, or a name in /run/netns); default: svctrace's own")
@@ -81,11 +84,11 @@ func (o *traceOptions) complete(c *cobra.Command) error {
 		return usageErr(err)
 	}
 	o.backendV = b
-	if o.manifests == "" {
-		return usageErr(errors.New("no cluster metadata: pass --manifests PATH (a file or folder written by 'kubectl get svc,endpointslices,pods,nodes -A -o yaml')"))
+	if err := o.completeKube(); err != nil {
+		return err
 	}
-	if _, err := os.Stat(o.manifests); err != nil {
-		return usageErr(fmt.Errorf("--manifests: %w", err))
+	if err := o.completeRecord(); err != nil {
+		return err
 	}
 	if o.netns != "" && !strings.Contains(o.netns, "/") {
 		o.netns = "/run/netns/" + o.netns
@@ -110,10 +113,15 @@ func (o *traceOptions) run(ctx context.Context) error {
 			Color: colorWanted(o.stdout, o.color), Clock: tracer.WallClock(), Events: o.events,
 		})
 	}
+	src, stopSource, err := o.metadataSource(ctx)
+	if err != nil {
+		return err
+	}
+	defer stopSource()
 	cfg := tracer.Config{
 		Namespace: o.namespace,
 		Service:   o.service,
-		Source:    meta.NewManifestSource(o.manifests),
+		Source:    src,
 		Attach: attach.Options{
 			Backend:     o.backendV,
 			NetnsPath:   o.netns,
@@ -136,6 +144,12 @@ func (o *traceOptions) run(ctx context.Context) error {
 	if isTerminal(o.stderr) && o.output == "text" {
 		cfg.Status = o.stderr
 	}
-	_, err := tracer.Run(ctx, cfg)
+	cfg.Notices = o.notices
+	closeRecord, err := o.applyRecord(&cfg)
+	if err != nil {
+		return err
+	}
+	defer closeRecord()
+	_, err = tracer.Run(ctx, cfg)
 	return err
 }
