@@ -78,7 +78,7 @@ func Load(opts Options) (_ *Probes, err error) {
 	p := &Probes{opts: opts, btf: opts.BTF}
 	// Kernels before 5.11 account BPF memory against RLIMIT_MEMLOCK.
 	if err := rlimit.RemoveMemlock(); err != nil {
-		return nil, fmt.Errorf("%w: raise RLIMIT_MEMLOCK: %w", ErrPrivileges, err)
+		return nil, fmt.Errorf("%w (%v)", errNoPrivileges, err)
 	}
 	defer func() {
 		if err != nil {
@@ -189,6 +189,9 @@ func summarizeTried(plan []HookStatus) string {
 // ErrPrivileges is returned when svctrace lacks the capabilities to load BPF.
 var ErrPrivileges = errors.New("insufficient privileges")
 
+// errNoPrivileges says what to do about it.
+var errNoPrivileges = fmt.Errorf("%w: run as root, or grant CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (and CAP_SYS_RESOURCE on kernels before 5.11)", ErrPrivileges)
+
 func (p *Probes) loadSpec() error {
 	spec, err := bpfobj.LoadSvctrace()
 	if err != nil {
@@ -242,7 +245,7 @@ func (p *Probes) createMaps() error {
 	coll, err := ebpf.NewCollectionWithOptions(s, ebpf.CollectionOptions{})
 	if err != nil {
 		if errors.Is(err, unix.EPERM) {
-			return fmt.Errorf("%w: creating BPF maps failed with EPERM; run as root or grant CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (and raise RLIMIT_MEMLOCK on kernels before 5.11)", ErrPrivileges)
+			return fmt.Errorf("%w (creating BPF maps: %v)", errNoPrivileges, err)
 		}
 		return fmt.Errorf("create maps: %w", err)
 	}

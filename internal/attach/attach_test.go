@@ -2,6 +2,7 @@ package attach
 
 import (
 	"errors"
+	"strings"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -94,6 +95,47 @@ func TestLoadAttachAndRelease(t *testing.T) {
 	}
 	after := ourLinks(t)
 	for id, name := range after {
+		if _, ok := before[id]; !ok {
+			t.Errorf("link %d (%s) left behind after Close", id, name)
+		}
+	}
+}
+
+// TestAttachReleaseBackend attaches with the backend under test
+// ($SVCTRACE_TEST_BACKEND in the VM matrix, auto elsewhere) and checks that
+// Close leaves no link behind.
+func TestAttachReleaseBackend(t *testing.T) {
+	testenv.RequireRoot(t)
+	b := BackendAuto
+	if env := os.Getenv("SVCTRACE_TEST_BACKEND"); env != "" {
+		var err error
+		if b, err = ParseBackend(env); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := ourLinks(t)
+	p, err := Load(Options{Backend: b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	attached := 0
+	for _, st := range p.Plan() {
+		if st.Impl != "" && !strings.HasPrefix(st.Detail, "from the ") {
+			attached++
+			if b != BackendAuto && st.Impl != string(b) && st.Impl != "tracepoint" && !(b == BackendNetfilter && st.Impl == "netfilter") {
+				t.Errorf("hook %s uses %s with --backend %s", st.Hook, st.Impl, b)
+			}
+		}
+	}
+	during := ourLinks(t)
+	if attached == 0 || len(during) <= len(before) {
+		t.Errorf("%d hooks attached, %d links", attached, len(during)-len(before))
+	}
+	t.Logf("backend %s on %s: %d hooks, %d links", b, kernel.Release(), attached, len(during)-len(before))
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for id, name := range ourLinks(t) {
 		if _, ok := before[id]; !ok {
 			t.Errorf("link %d (%s) left behind after Close", id, name)
 		}

@@ -38,6 +38,7 @@ type traceOptions struct {
 
 	backendV attach.Backend
 	notices  chan string // from the metadata source (API server lost / back)
+	ringSize uint32
 	kubeOptions
 	recordOptions
 }
@@ -61,7 +62,9 @@ func (o *traceOptions) addFlags(c *cobra.Command) {
 	f.DurationVar(&o.statsEvery, "stats-interval", 5*time.Second, "with -o json, emit a stats line this often (0: only at exit)")
 	f.StringVar(&o.node, "node", "", "the Node svctrace runs on (default: worked out from the node's addresses and the Node objects)")
 	f.StringVar(&o.per, "per", "packet", "one block per packet, or per flow (the first packet of each direction and every failed packet)")
+	f.Uint32Var(&o.ringSize, "ring-buffer-size", 0, "ring buffer size in bytes (power of two, multiple of the page size; default 4 MiB)")
 	_ = f.MarkHidden("perf-buffer")
+	_ = f.MarkHidden("ring-buffer-size")
 }
 
 func (o *traceOptions) complete(c *cobra.Command) error {
@@ -126,6 +129,7 @@ func (o *traceOptions) run(ctx context.Context) error {
 			Backend:     o.backendV,
 			NetnsPath:   o.netns,
 			PerfBuffer:  o.perf,
+			RingBufSize: o.ringSize,
 			WakeupBytes: 64 << 10,
 		},
 		Duration:  o.duration,

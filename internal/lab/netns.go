@@ -144,3 +144,8 @@ func writeSysctls(sysctls []sysctl) error {
 	}
 	return nil
 }
+
+// InNetns runs fn on a locked OS thread inside the network namespace at
+// path (sockets it creates stay in that namespace). Benchmarks and tests
+// use it to run their own clients and servers in the lab.
+func InNetns(path string, fn func() error) error { return inNetns(path, fn) }

@@ -28,6 +28,10 @@ var buildBinary = sync.OnceValues(func() (string, error) {
 	if err != nil {
 		return "", err
 	}
+	// Tests also run the binary as an unprivileged user.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return "", err
+	}
 	bin := filepath.Join(dir, "svctrace")
 	out, err := exec.Command("go", "build", "-o", bin, "github.com/svctrace/svctrace/cmd/svctrace").CombinedOutput()
 	if err != nil {
@@ -42,6 +46,9 @@ func binary(t *testing.T) string {
 	t.Helper()
 	if b := os.Getenv("SVCTRACE_BIN"); b != "" {
 		return b
+	}
+	if os.Getenv("SVCTRACE_VM_GUEST") != "" {
+		t.Fatal("inside a test VM: set SVCTRACE_BIN to a svctrace binary built on the host (make vm-matrix does); building under emulation is too slow")
 	}
 	b, err := buildBinary()
 	if err != nil {
