@@ -217,7 +217,18 @@ func hookTable() []hookDef {
 					check: fentryCheck("ip_vs_in_hook", "", pSkb)},
 				{flavour: implKprobe, progs: []progAttach{{"kp_ipvs_in_hook", attachKprobe, "ip_vs_in_hook"}},
 					check: kprobeCheck(funcCheck("ip_vs_in_hook", "", pSkb))},
-				// Kernels before 6.0: ip_vs_in(ipvs, hooknum, skb, af).
+				// Kernels before 6.0: the netfilter entry points that call
+				// ip_vs_in (which itself is usually inlined); skb is argument 2.
+				{flavour: implKprobe, progs: []progAttach{
+					{"kp_ipvs_in_hook", attachKprobe, "ip_vs_remote_request4"},
+					{"kp_ipvs_in_hook", attachKprobe, "ip_vs_local_request4"}},
+					check: kprobeCheck(func(e *env) error {
+						if err := funcCheck("ip_vs_remote_request4", "", pSkb)(e); err != nil {
+							return err
+						}
+						return funcCheck("ip_vs_local_request4", "", pSkb)(e)
+					})},
+				// ip_vs_in(ipvs, hooknum, skb, af) where it was not inlined.
 				{flavour: implKprobe, progs: []progAttach{{"kp_ipvs_in", attachKprobe, "ip_vs_in"}},
 					check: kprobeCheck(funcCheck("ip_vs_in", "", "", pSkb))},
 				{flavour: implNetfilter, derived: "netfilter"},
