@@ -778,12 +778,16 @@ func step(e *event.Event) event.Step {
 }
 
 // socketTeardown reports frees of a packet already delivered to a socket,
-// when the socket goes away: not a network drop. Reasons name them on
+// when the socket goes away (or as a duplicate of data it already has):
+// not a network drop. Reasons name them on
 // recent kernels; older ones (NOT_SPECIFIED, or no reasons before 5.17)
 // are recognised by where the free happens.
 func socketTeardown(e *event.Event) bool {
 	switch e.DropReason {
 	case "QUEUE_PURGE", "SOCKET_CLOSE", "TCP_CLOSE":
+		return true
+	case "TCP_OLD_DATA", "TCP_OLD_SEQUENCE":
+		// a retransmission of data the socket already has: it arrived
 		return true
 	}
 	for _, fn := range []string{"sk_stream_kill_queues+", "skb_queue_purge", "__skb_queue_purge", "tcp_write_queue_purge+",

@@ -219,6 +219,9 @@ func (l *Lab) Probe(ctx context.Context, c Check) CheckResult {
 	timeout := c.Timeout
 	if timeout == 0 {
 		timeout = DefaultProbeTimeout
+		if l.probeTimeout != 0 {
+			timeout = l.probeTimeout
+		}
 		if errors.Is(expect.Err, ErrTimeout) {
 			timeout = ExpectTimeoutProbe
 		}

@@ -33,7 +33,8 @@ type Lab struct {
 	servers []*server
 	closed  bool
 
-	setup time.Duration
+	setup        time.Duration
+	probeTimeout time.Duration
 }
 
 // Option tunes Up.
@@ -42,7 +43,12 @@ type Option func(*options)
 type options struct {
 	manifestsDir string
 	logf         func(format string, args ...any)
+	probeTimeout time.Duration
 }
+
+// WithProbeTimeout bounds the scenario's probes that expect an answer
+// (default DefaultProbeTimeout): slow machines (emulated test VMs) need more.
+func WithProbeTimeout(d time.Duration) Option { return func(o *options) { o.probeTimeout = d } }
 
 // WithManifestsDir writes the manifests into dir (created if needed) and
 // keeps them after Close. By default they go to a temporary directory that
@@ -84,12 +90,13 @@ func Up(ctx context.Context, spec Spec, opts ...Option) (_ *Lab, err error) {
 		return nil, fmt.Errorf("lab %s: %w", s.Name, err)
 	}
 	l := &Lab{
-		id:     id,
-		spec:   s,
-		writer: writer,
-		logf:   o.logf,
-		netns:  map[string]string{},
-		rules:  map[string]string{},
+		id:           id,
+		spec:         s,
+		writer:       writer,
+		logf:         o.logf,
+		netns:        map[string]string{},
+		rules:        map[string]string{},
+		probeTimeout: o.probeTimeout,
 	}
 	defer func() {
 		if err != nil {

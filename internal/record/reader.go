@@ -40,7 +40,8 @@ func (e *FormatError) Error() string {
 	if e.Line > 0 {
 		s += ": line " + strconv.Itoa(e.Line) + " (byte " + strconv.FormatInt(e.Offset, 10) + ")"
 	}
-	return s + ": " + e.Err.Error()
+	// One line, whatever a damaged file puts in names it quotes.
+	return strings.NewReplacer("\n", `\n`, "\r", `\r`).Replace(s + ": " + e.Err.Error())
 }
 
 // Unwrap returns the underlying error.

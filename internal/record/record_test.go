@@ -651,3 +651,16 @@ func TestOpenRejectsMixedFiles(t *testing.T) {
 		}
 	}
 }
+
+func TestErrorsStayOnOneLine(t *testing.T) {
+	full := plain(t, recordings[1])
+	odd := bytes.Replace(full, []byte(`"service":"hostnames"`), []byte(`"service":"host\nnames"`), 1)
+	rd, err := NewReader(bytes.NewReader(odd), "odd\nname.jsonl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = replayJSON(t, rd)
+	if !errors.Is(err, ErrFormat) || strings.Contains(err.Error(), "\n") || !strings.Contains(err.Error(), `host\nnames`) {
+		t.Errorf("err %q", err)
+	}
+}

@@ -69,6 +69,13 @@ func backend() string {
 // when the kernel cannot provide the backend under test for the NAT hook,
 // and returns the event source NAT steps must come from.
 func requireBackend(t *testing.T) event.Source {
+	src, _ := requirePlan(t)
+	return src
+}
+
+// requirePlan is requireBackend, also returning which hooks the backend
+// attaches on this kernel (hook -> implementation).
+func requirePlan(t *testing.T) (event.Source, map[string]string) {
 	t.Helper()
 	testenv.RequireRoot(t)
 	b, err := attach.ParseBackend(backend())
@@ -80,18 +87,22 @@ func requireBackend(t *testing.T) event.Source {
 		t.Fatalf("load probes: %v", err)
 	}
 	defer p.Close()
+	plan := map[string]string{}
+	for _, st := range p.Plan() {
+		plan[st.Hook] = st.Impl
+	}
 	for _, st := range p.Plan() {
 		if st.Hook != "nat" {
 			continue
 		}
 		switch st.Impl {
 		case "fentry":
-			return event.SourceFentry
+			return event.SourceFentry, plan
 		case "kprobe":
-			return event.SourceKprobe
+			return event.SourceKprobe, plan
 		case "netfilter":
 			if b == attach.BackendNetfilter || b == attach.BackendAuto {
-				return event.SourceNetfilter
+				return event.SourceNetfilter, plan
 			}
 		}
 		reason := fmt.Sprintf("backend %s cannot trace NAT on kernel %s: %s", b, kernel.Release(), strings.Join(st.Tried, "; "))
@@ -99,7 +110,7 @@ func requireBackend(t *testing.T) event.Source {
 		t.Skipf("kernel feature absent: %s", reason)
 	}
 	t.Fatal("no nat hook in the plan")
-	return 0
+	return 0, nil
 }
 
 // proxyMode is the kube-proxy mode under test: $SVCTRACE_TEST_PROXY,
@@ -129,7 +140,13 @@ func upLab(t *testing.T, spec lab.Spec, err error) *lab.Lab {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	l, err := lab.Up(ctx, spec, lab.WithManifestsDir(t.TempDir()))
+	opts := []lab.Option{lab.WithManifestsDir(t.TempDir())}
+	if os.Getenv("SVCTRACE_VM_GUEST") != "" {
+		// Under emulation, with other VMs on the same cores, a healthy
+		// connection can take seconds.
+		opts = append(opts, lab.WithProbeTimeout(10*time.Second))
+	}
+	l, err := lab.Up(ctx, spec, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -43,7 +43,7 @@ func hasRoute(p *event.Path, kind string, dst netip.Addr) *event.RouteStep {
 }
 
 func TestHealthyClusterIP(t *testing.T) {
-	natSource := requireBackend(t)
+	natSource, plan := requirePlan(t)
 	spec, err := lab.Healthy(lab.VariantDefault)
 	l := upLab(t, spec, err)
 	tr := startTrace(t, l, "node1", "hostnames")
@@ -88,7 +88,7 @@ func TestHealthyClusterIP(t *testing.T) {
 		wantHook = "INPUT"
 		if syn.IPVS == nil || syn.IPVS.Virtual != netip.AddrPortFrom(vip, 80) {
 			t.Errorf("SYN IPVS step %+v", syn.IPVS)
-		} else if natSource != event.SourceNetfilter && (syn.IPVS.Connection != "new" || syn.IPVS.Real != netip.AddrPortFrom(backend, 9376)) {
+		} else if plan["ipvs-conn"] != "" && (syn.IPVS.Connection != "new" || syn.IPVS.Real != netip.AddrPortFrom(backend, 9376)) {
 			t.Errorf("SYN IPVS step %+v: want a new connection to the backend", syn.IPVS)
 		}
 	}
