@@ -12,7 +12,7 @@ LDFLAGS   := -X github.com/svctrace/svctrace/internal/cli.Version=$(VERSION)
 # support. The Kubernetes API tests run on the host only (the real
 # kube-apiserver is not booted in the VMs).
 VM_PACKAGES := ./internal/attach/ ./test/e2e/
-VM_RUN      := ^(TestHealthyClusterIP|TestHostOriginatedConnectSource|TestUnreachableBackend|TestVerdict.*|TestLoadAttachAndRelease|TestForcedBackendReportsSkips|TestFilterUpdatesInPlace)$$
+VM_RUN      := ^(TestHealthyClusterIP|TestHostOriginatedConnectSource|TestUnreachableBackend|TestVerdict.*|TestLoadAttachAndRelease|TestAttachReleaseBackend|TestForcedBackendReportsSkips|TestFilterUpdatesInPlace)$$
 VM_KERNELS  := 5.10,6.1,6.12
 VM_PARALLEL := 2
 
@@ -44,6 +44,11 @@ demo: deps build
 	$(BIN) demo
 
 check: deps kapi test vm-matrix fuzz
+
+# The VMs run the host-built svctrace binary (building under emulation is
+# too slow).
+vm-matrix: build
+vm-matrix: export SVCTRACE_BIN := $(CURDIR)/$(BIN)
 
 # Unit tests, the generated-code drift check, and the privileged tests on
 # this kernel (lab e2e, real kube-apiserver + kube-proxy, recordings).

@@ -105,7 +105,7 @@ func (c *Correlator) Add(ev *event.Event) {
 	}
 	k := pktKey{ev.SKB, ev.IPID}
 	p := c.packets[k]
-	if p != nil && !follows(p.events[len(p.events)-1].Packet, ev.Packet) {
+	if p != nil && (ended(&p.events[len(p.events)-1]) || !follows(p.events[len(p.events)-1].Packet, ev.Packet)) {
 		// The skb address and IP ID were reused by another packet (kernel
 		// replies such as RSTs carry IP ID 0): complete the first one.
 		c.complete(p)
@@ -132,6 +132,18 @@ func (c *Correlator) Add(ev *event.Event) {
 		}
 	}
 	p.last = ev.Time
+}
+
+// ended reports whether nothing can follow an event for the same packet:
+// it was delivered to the local stack (past INPUT's NAT), or dropped.
+func ended(e *event.Event) bool {
+	switch e.Kind {
+	case event.KindNetfilter:
+		return e.Hook == event.HookLocalIn && e.AfterNAT
+	case event.KindDrop:
+		return !socketTeardown(e)
+	}
+	return false
 }
 
 // follows reports whether a packet seen with tuple prev can next be seen with

@@ -130,3 +130,41 @@ func BenchmarkPipeline(b *testing.B) {
 		b.Fatal("no paths")
 	}
 }
+
+// nopRenderer drops everything: BenchmarkPipelineNoEncode measures the
+// stages before rendering.
+type nopRenderer struct{}
+
+func (nopRenderer) Path(*event.Path) error       { return nil }
+func (nopRenderer) Event(*event.Event) error     { return nil }
+func (nopRenderer) Stats(*event.Stats) error     { return nil }
+func (nopRenderer) Verdict(*event.Verdict) error { return nil }
+func (nopRenderer) Record(any) error             { return nil }
+func (nopRenderer) Flush() error                 { return nil }
+
+func BenchmarkPipelineNoEncode(b *testing.B) {
+	const packets = 4096
+	var recs [][]byte
+	for i := 0; i < packets; i++ {
+		recs = append(recs, packetRecords(i)...)
+	}
+	snap, svc := benchSnapshot()
+	p := New(Config{Snap: snap, Service: svc, NodeNetns: 22, Devices: staticDevices{}, Renderer: nopRenderer{}})
+	dec := decode.New(decode.Options{})
+	var ev event.Event
+	b.ReportAllocs()
+	n := 0
+	for b.Loop() {
+		if err := dec.Decode(recs[n%len(recs)], &ev); err != nil {
+			b.Fatal(err)
+		}
+		ev.Time += uint64(n/len(recs)) * 100_000_000
+		p.Event(&ev)
+		n++
+		if n%1024 == 0 {
+			p.Advance(ev.Time)
+		}
+	}
+	p.Flush()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
+}

@@ -12,6 +12,7 @@ package event
 import (
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 )
 
@@ -66,7 +67,8 @@ func (k Kind) String() string {
 // MarshalText implements encoding.TextMarshaler.
 func (k Kind) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
 
-// UnmarshalText implements encoding.TextUnmarshaler.
+// UnmarshalText implements encoding.TextUnmarshaler. It accepts the names
+// and the "kind(N)" form String gives values without a name.
 func (k *Kind) UnmarshalText(b []byte) error {
 	for i, n := range kindNames {
 		if n != "" && n == string(b) {
@@ -74,7 +76,25 @@ func (k *Kind) UnmarshalText(b []byte) error {
 			return nil
 		}
 	}
+	if v, ok := numbered(string(b), "kind"); ok {
+		*k = Kind(v)
+		return nil
+	}
 	return fmt.Errorf("unknown event kind %q", b)
+}
+
+// numbered parses the "prefix(N)" form of an enum value without a name.
+func numbered(s, prefix string) (uint8, bool) {
+	rest, ok := strings.CutPrefix(s, prefix+"(")
+	if !ok {
+		return 0, false
+	}
+	rest, ok = strings.CutSuffix(rest, ")")
+	if !ok {
+		return 0, false
+	}
+	v, err := strconv.ParseUint(rest, 10, 8)
+	return uint8(v), err == nil
 }
 
 // Source says which attach mechanism produced an Event.
@@ -114,6 +134,10 @@ func (s *Source) UnmarshalText(b []byte) error {
 			return nil
 		}
 	}
+	if v, ok := numbered(string(b), "source"); ok {
+		*s = Source(v)
+		return nil
+	}
 	return fmt.Errorf("unknown event source %q", b)
 }
 
@@ -149,6 +173,10 @@ func (h *Hook) UnmarshalText(b []byte) error {
 			*h = Hook(i)
 			return nil
 		}
+	}
+	if v, ok := numbered(string(b), "hook"); ok {
+		*h = Hook(v)
+		return nil
 	}
 	return fmt.Errorf("unknown netfilter hook %q", b)
 }

@@ -29,9 +29,29 @@ type Matrix struct {
 	// Axes span the cells: the cells are the cartesian product of the
 	// values of all axes. Each axis sets one environment variable.
 	Axes []Axis `json:"axes"`
+	// Run selects, per cell pattern (path.Match syntax, e.g. "fentry/*"),
+	// which tests run there (-test.run); the first matching pattern wins,
+	// cells matching none run what the -run flag says (default: all).
+	Run []CellRun `json:"run,omitempty"`
 	// Modules are modprobe'd in the VM before each cell runs (not on the host
 	// kernel, which may not load modules at all).
 	Modules []string `json:"modules,omitempty"`
+}
+
+// CellRun is a -test.run pattern for the cells matching Cells.
+type CellRun struct {
+	Cells string `json:"cells"`
+	Run   string `json:"run"`
+}
+
+// RunFor returns the -test.run pattern for a cell, or def.
+func (m *Matrix) RunFor(cell, def string) string {
+	for _, r := range m.Run {
+		if ok, _ := path.Match(r.Cells, cell); ok {
+			return r.Run
+		}
+	}
+	return def
 }
 
 // Axis is one dimension of the test cells.

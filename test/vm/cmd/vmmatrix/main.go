@@ -378,8 +378,8 @@ func runJob(ctx context.Context, o options, m *vm.Matrix, j job, mu *sync.Mutex)
 	defer os.RemoveAll(dir)
 
 	testArgs := []string{"-test.v", "-test.count=1", "-test.timeout=" + o.timeout.String()}
-	if o.run != "" {
-		testArgs = append(testArgs, "-test.run="+o.run)
+	if run := m.RunFor(j.cell.Name, o.run); run != "" {
+		testArgs = append(testArgs, "-test.run="+run)
 	}
 	var script strings.Builder
 	for i, p := range j.pkgs {
