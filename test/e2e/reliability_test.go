@@ -91,7 +91,16 @@ func TestStartStopCycles(t *testing.T) {
 			t.Fatalf("cycle %d: no exit after %s", i, sig)
 		}
 	}
-	links, progs := bpfObjects(t)
+	// The kernel frees programs after an RCU grace period once the last
+	// reference is gone: give it a moment before calling anything a leak.
+	var links, progs map[uint32]string
+	for wait := 0; wait < 50; wait++ {
+		links, progs = bpfObjects(t)
+		if len(links) <= len(links0) && len(progs) <= len(progs0) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	for id, name := range links {
 		if _, ok := links0[id]; !ok {
 			t.Errorf("link %d (%s) left behind", id, name)
