@@ -32,6 +32,8 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 #define IPPROTO_UDP_ 17
 #define IPPROTO_SCTP_ 132
 #define HDR_SNAP 64
+#define IPS_SRC_NAT_ (1 << 4)
+#define IPS_DST_NAT_ (1 << 5)
 
 // Event kinds. Keep in sync with pkg/event (Kind).
 enum event_kind {
@@ -64,7 +66,8 @@ enum event_source {
 enum counter_idx {
 	CNT_EMITTED = 0,
 	CNT_LOST = 1,
-	CNT_MAX = 2,
+	CNT_SAMPLED = 2, // events of established flows left out (packets_per_flow)
+	CNT_MAX = 3,
 };
 
 struct tuple {
@@ -119,8 +122,10 @@ struct filter_key {
 
 // Dynamic configuration, rewritten by userspace while tracing.
 struct config {
-	__u32 trace_all;     // ignore the filter (debugging)
-	__u32 any_addr_keys; // filter has entries with addr 0 (NodePorts)
+	__u32 trace_all;        // ignore the filter (debugging)
+	__u32 any_addr_keys;    // filter has entries with addr 0 (NodePorts)
+	__u32 packets_per_flow; // trace this many packets per flow direction, then only failures (0: every packet)
+	__u32 pad;
 };
 
 // Static configuration, fixed at load time (the verifier prunes dead branches).
@@ -191,6 +196,22 @@ struct {
 } last_match_map SEC(".maps");
 
 #define LAST_MATCH_WINDOW_NS 200000
+
+// Per-flow sampling state, keyed by the packet's tuple as seen at a hook
+// (before and after NAT are different keys that count the same packets).
+struct flow_state {
+	__u32 packets;
+	__u16 last_ipid;
+	__u8 keep;
+	__u8 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct tuple);
+	__type(value, struct flow_state);
+} flow_sample SEC(".maps");
 
 // Arguments saved at kprobe entry for the matching kretprobe.
 struct kargs_key {
@@ -303,74 +324,131 @@ static __always_inline int read_ct(struct nf_conn *ct, struct event *e)
 {
 	if (!ct || !bpf_core_type_exists(struct nf_conn))
 		return 0;
+	struct nf_conntrack_tuple o, r;
+	if (bpf_core_read(&o, sizeof(o), &ct->tuplehash[0].tuple) ||
+	    bpf_core_read(&r, sizeof(r), &ct->tuplehash[1].tuple))
+		return 0;
 	e->ct = (__u64)ct;
 	e->ct_status = (__u32)BPF_CORE_READ(ct, status);
-	e->ct_orig.saddr = BPF_CORE_READ(ct, tuplehash[0].tuple.src.u3.ip);
-	e->ct_orig.daddr = BPF_CORE_READ(ct, tuplehash[0].tuple.dst.u3.ip);
-	e->ct_orig.sport = bpf_ntohs(BPF_CORE_READ(ct, tuplehash[0].tuple.src.u.all));
-	e->ct_orig.dport = bpf_ntohs(BPF_CORE_READ(ct, tuplehash[0].tuple.dst.u.all));
-	e->ct_orig.proto = BPF_CORE_READ(ct, tuplehash[0].tuple.dst.protonum);
-	e->ct_reply.saddr = BPF_CORE_READ(ct, tuplehash[1].tuple.src.u3.ip);
-	e->ct_reply.daddr = BPF_CORE_READ(ct, tuplehash[1].tuple.dst.u3.ip);
-	e->ct_reply.sport = bpf_ntohs(BPF_CORE_READ(ct, tuplehash[1].tuple.src.u.all));
-	e->ct_reply.dport = bpf_ntohs(BPF_CORE_READ(ct, tuplehash[1].tuple.dst.u.all));
-	e->ct_reply.proto = BPF_CORE_READ(ct, tuplehash[1].tuple.dst.protonum);
+	e->ct_orig.saddr = o.src.u3.ip;
+	e->ct_orig.daddr = o.dst.u3.ip;
+	e->ct_orig.sport = bpf_ntohs(o.src.u.all);
+	e->ct_orig.dport = bpf_ntohs(o.dst.u.all);
+	e->ct_orig.proto = o.dst.protonum;
+	e->ct_reply.saddr = r.src.u3.ip;
+	e->ct_reply.daddr = r.dst.u3.ip;
+	e->ct_reply.sport = bpf_ntohs(r.src.u.all);
+	e->ct_reply.dport = bpf_ntohs(r.dst.u.all);
+	e->ct_reply.proto = r.dst.protonum;
 	e->ct_valid = 1;
 	return 1;
 }
 
 // Does the conntrack entry belong to the traced Service? The original tuple's
-// destination is the Service address even after DNAT; the reply tuple's source
-// is where the dataplane really sent the flow.
+// destination is the Service address even after DNAT. Only an entry that
+// did NAT can hide a Service address the packet itself no longer carries,
+// so others cost one read.
 static __always_inline int match_ct(struct nf_conn *ct, struct config *cfg)
 {
 	if (!ct || !bpf_core_type_exists(struct nf_conn))
 		return 0;
+	unsigned long status = BPF_CORE_READ(ct, status);
+	if (!(status & (IPS_SRC_NAT_ | IPS_DST_NAT_)))
+		return 0;
+	struct nf_conntrack_tuple ot;
+	if (bpf_core_read(&ot, sizeof(ot), &ct->tuplehash[0].tuple))
+		return 0;
 	struct tuple t = {};
-	t.daddr = BPF_CORE_READ(ct, tuplehash[0].tuple.dst.u3.ip);
-	t.dport = bpf_ntohs(BPF_CORE_READ(ct, tuplehash[0].tuple.dst.u.all));
-	t.proto = BPF_CORE_READ(ct, tuplehash[0].tuple.dst.protonum);
-	t.saddr = BPF_CORE_READ(ct, tuplehash[0].tuple.src.u3.ip);
-	t.sport = bpf_ntohs(BPF_CORE_READ(ct, tuplehash[0].tuple.src.u.all));
+	t.saddr = ot.src.u3.ip;
+	t.daddr = ot.dst.u3.ip;
+	t.sport = bpf_ntohs(ot.src.u.all);
+	t.dport = bpf_ntohs(ot.dst.u.all);
+	t.proto = ot.dst.protonum;
 	return match_tuple(&t, cfg);
 }
 
+// The IPv4 header and the start of the transport header, read at once.
+struct ip4_l4 {
+	struct ip4 ip;
+	__u16 sport;
+	__u16 dport;
+	__u8 l4[10]; // TCP: sequence, acknowledgement, data offset, flags (at 9)
+};
+
 // Parses the IPv4 packet at skb->head + network_header. Returns 0 on success.
-static __always_inline int parse_skb(const struct sk_buff *skb, struct tuple *t)
+// One read covers the header and the ports (and TCP flags) unless the IPv4
+// header has options.
+static __always_inline int parse_skb_id(const struct sk_buff *skb, struct tuple *t, __u16 *ipid)
 {
 	unsigned char *head = BPF_CORE_READ(skb, head);
 	__u16 nh = BPF_CORE_READ(skb, network_header);
-	struct ip4 ip;
+	struct ip4_l4 h;
 
 	if (!head || nh == (__u16)~0U)
 		return -1;
-	if (bpf_probe_read_kernel(&ip, sizeof(ip), head + nh))
+	if (bpf_probe_read_kernel(&h, sizeof(h), head + nh))
 		return -1;
-	if ((ip.vihl >> 4) != 4)
+	if ((h.ip.vihl >> 4) != 4)
 		return -1;
-	t->saddr = ip.saddr;
-	t->daddr = ip.daddr;
-	t->proto = ip.proto;
-	t->ip_len = bpf_ntohs(ip.tot_len);
-	if (bpf_ntohs(ip.frag) & 0x1fff)
+	t->saddr = h.ip.saddr;
+	t->daddr = h.ip.daddr;
+	t->proto = h.ip.proto;
+	t->ip_len = bpf_ntohs(h.ip.tot_len);
+	*ipid = h.ip.id;
+	if (bpf_ntohs(h.ip.frag) & 0x1fff)
 		return 0; // not the first fragment: no L4 header
-	__u32 off = nh + (ip.vihl & 0x0f) * 4;
-	if (ip.proto == IPPROTO_TCP_ || ip.proto == IPPROTO_UDP_ || ip.proto == IPPROTO_SCTP_) {
-		__u16 ports[2];
-		if (bpf_probe_read_kernel(ports, sizeof(ports), head + off) == 0) {
-			t->sport = bpf_ntohs(ports[0]);
-			t->dport = bpf_ntohs(ports[1]);
-		}
-		if (ip.proto == IPPROTO_TCP_)
-			bpf_probe_read_kernel(&t->tcp_flags, 1, head + off + 13);
-	} else if (ip.proto == IPPROTO_ICMP_) {
-		__u8 tc[2];
-		if (bpf_probe_read_kernel(tc, sizeof(tc), head + off) == 0) {
-			t->sport = tc[0];
-			t->dport = tc[1];
-		}
+	__u32 ihl = (h.ip.vihl & 0x0f) * 4;
+	if (ihl != sizeof(struct ip4)) {
+		// IPv4 options: read the transport header where it is.
+		if (bpf_probe_read_kernel(&h.sport, sizeof(h) - sizeof(struct ip4), head + nh + ihl))
+			return 0;
+	}
+	if (h.ip.proto == IPPROTO_TCP_ || h.ip.proto == IPPROTO_UDP_ || h.ip.proto == IPPROTO_SCTP_) {
+		t->sport = bpf_ntohs(h.sport);
+		t->dport = bpf_ntohs(h.dport);
+		if (h.ip.proto == IPPROTO_TCP_)
+			t->tcp_flags = h.l4[9];
+	} else if (h.ip.proto == IPPROTO_ICMP_) {
+		t->sport = h.sport & 0xff;        // type
+		t->dport = (h.sport >> 8) & 0xff; // code
 	}
 	return 0;
+}
+
+static __always_inline int parse_skb(const struct sk_buff *skb, struct tuple *t)
+{
+	__u16 ipid;
+	return parse_skb_id(skb, t, &ipid);
+}
+
+// sampled_out decides whether this packet's events are left out: after
+// packets_per_flow packets of a flow direction, only its SYN/FIN/RST
+// packets are traced (failures are traced by the callers regardless). The
+// IP ID tells a new packet from the same packet seen at another hook.
+static __always_inline int sampled_out(const struct tuple *t, __u16 ipid, struct config *cfg)
+{
+	if (!cfg || !cfg->packets_per_flow)
+		return 0;
+	if (t->proto == IPPROTO_TCP_ && (t->tcp_flags & 0x07)) // FIN, SYN, RST
+		return 0;
+	struct tuple k = *t;
+	k.tcp_flags = 0;
+	k.ip_len = 0;
+	struct flow_state *st = bpf_map_lookup_elem(&flow_sample, &k);
+	if (!st) {
+		struct flow_state init = {.packets = 1, .last_ipid = ipid, .keep = 1};
+		bpf_map_update_elem(&flow_sample, &k, &init, BPF_ANY);
+		return 0;
+	}
+	if (st->last_ipid != ipid) {
+		st->last_ipid = ipid;
+		st->packets++;
+		st->keep = st->packets <= cfg->packets_per_flow;
+	}
+	if (st->keep)
+		return 0;
+	count(CNT_SAMPLED);
+	return 1;
 }
 
 static __always_inline void snap_hdr(const struct sk_buff *skb, struct event *e)
@@ -455,11 +533,15 @@ static __always_inline struct event *skb_event(const struct sk_buff *skb, __u32 
 					       __u8 source, int with_task)
 {
 	struct tuple t = {};
-	if (parse_skb(skb, &t))
+	__u16 ipid = 0;
+	if (parse_skb_id(skb, &t, &ipid))
 		return 0;
 	struct config *cfg = get_config();
 	struct nf_conn *ct = skb_ct(skb);
 	if (!match_tuple(&t, cfg) && !match_ct(ct, cfg))
+		return 0;
+	// Failures are always traced; healthy packets of long flows are sampled.
+	if (kind != EV_DROP && kind != EV_ICMP && kind != EV_FIB_VALIDATE && sampled_out(&t, ipid, cfg))
 		return 0;
 	struct event *e = ev_new(kind, source, with_task);
 	if (!e)
@@ -709,10 +791,13 @@ static __always_inline void nat_manip(void *ctx, struct sk_buff *skb, struct nf_
 				      __u32 mtype, __u32 dir, __u8 source)
 {
 	struct tuple t = {};
-	if (parse_skb(skb, &t))
+	__u16 ipid = 0;
+	if (parse_skb_id(skb, &t, &ipid))
 		return;
 	struct config *cfg = get_config();
 	if (!match_tuple(&t, cfg) && !match_ct(ct, cfg))
+		return;
+	if (sampled_out(&t, ipid, cfg))
 		return;
 	struct event *e = ev_new(EV_NAT, source, 0);
 	if (!e)

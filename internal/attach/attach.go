@@ -37,6 +37,10 @@ type Options struct {
 	RingBufSize uint32
 	// LoadOnly loads and verifies programs without attaching them (doctor).
 	LoadOnly bool
+	// PacketsPerFlow traces this many packets of each flow direction in
+	// full, then only its SYN/FIN/RST packets and its failures (drops, ICMP
+	// errors). 0 traces every packet.
+	PacketsPerFlow uint32
 	// BTF is the kernel's type information; loaded if nil.
 	BTF *kernel.BTF
 }
@@ -163,8 +167,10 @@ func Load(opts Options) (_ *Probes, err error) {
 	if len(attached) == 0 {
 		return nil, fmt.Errorf("no hook could be attached (%s)", summarizeTried(p.plan))
 	}
-	// The spec and its BTF are not needed once everything is loaded.
+	// The spec and the kernel's BTF are not needed once everything is
+	// loaded: drop them (tens of MB) so the trace runs lean.
 	p.spec = nil
+	p.btf = nil
 	return p, nil
 }
 

@@ -92,7 +92,7 @@ func (p *Probes) SetFilter(entries []FilterEntry, traceAll bool) (skipped int, e
 			}
 		}
 	}
-	cfg := bpfobj.SvctraceConfig{}
+	cfg := bpfobj.SvctraceConfig{PacketsPerFlow: p.opts.PacketsPerFlow}
 	if traceAll {
 		cfg.TraceAll = 1
 	}
@@ -106,15 +106,28 @@ func (p *Probes) SetFilter(entries []FilterEntry, traceAll bool) (skipped int, e
 	return skipped, errors.Join(errs...)
 }
 
-// Counters returns the kernel side's per-CPU counts of events submitted and
-// events lost (ring buffer full).
-func (p *Probes) Counters() (emitted, lost []uint64, err error) {
+// KernelCounts are the kernel side's per-CPU counters.
+type KernelCounts struct {
+	Emitted []uint64 // events submitted
+	Lost    []uint64 // events that did not fit in the ring buffer
+	Sampled []uint64 // events of established flows left out (PacketsPerFlow)
+}
+
+// Counters reads the kernel side's per-CPU counters.
+func (p *Probes) Counters() (KernelCounts, error) {
+	var c KernelCounts
 	m := p.shared["counters"]
-	if err := m.Lookup(uint32(bpfobj.SvctraceCounterIdxCNT_EMITTED), &emitted); err != nil {
-		return nil, nil, fmt.Errorf("read counters: %w", err)
+	for _, x := range []struct {
+		idx bpfobj.SvctraceCounterIdx
+		out *[]uint64
+	}{
+		{bpfobj.SvctraceCounterIdxCNT_EMITTED, &c.Emitted},
+		{bpfobj.SvctraceCounterIdxCNT_LOST, &c.Lost},
+		{bpfobj.SvctraceCounterIdxCNT_SAMPLED, &c.Sampled},
+	} {
+		if err := m.Lookup(uint32(x.idx), x.out); err != nil {
+			return c, fmt.Errorf("read counters: %w", err)
+		}
 	}
-	if err := m.Lookup(uint32(bpfobj.SvctraceCounterIdxCNT_LOST), &lost); err != nil {
-		return nil, nil, fmt.Errorf("read counters: %w", err)
-	}
-	return emitted, lost, nil
+	return c, nil
 }

@@ -14,9 +14,11 @@ import (
 )
 
 type SvctraceConfig struct {
-	_           structs.HostLayout
-	TraceAll    uint32
-	AnyAddrKeys uint32
+	_              structs.HostLayout
+	TraceAll       uint32
+	AnyAddrKeys    uint32
+	PacketsPerFlow uint32
+	Pad            uint32
 }
 
 type SvctraceCounterIdx uint32
@@ -24,7 +26,8 @@ type SvctraceCounterIdx uint32
 const (
 	SvctraceCounterIdxCNT_EMITTED SvctraceCounterIdx = 0
 	SvctraceCounterIdxCNT_LOST    SvctraceCounterIdx = 1
-	SvctraceCounterIdxCNT_MAX     SvctraceCounterIdx = 2
+	SvctraceCounterIdxCNT_SAMPLED SvctraceCounterIdx = 2
+	SvctraceCounterIdxCNT_MAX     SvctraceCounterIdx = 3
 )
 
 type SvctraceEvent struct {
@@ -98,6 +101,14 @@ type SvctraceFilterKey struct {
 	Pad   uint8
 }
 
+type SvctraceFlowState struct {
+	_        structs.HostLayout
+	Packets  uint32
+	LastIpid uint16
+	Keep     uint8
+	Pad      uint8
+}
+
 type SvctraceKargs struct {
 	_ structs.HostLayout
 	A [4]uint64
@@ -136,6 +147,7 @@ const (
 	SvctraceMapEventsPerf            = "events_perf"
 	SvctraceMapFilter                = "filter"
 	SvctraceMapFilterAddrs           = "filter_addrs"
+	SvctraceMapFlowSample            = "flow_sample"
 	SvctraceMapKargsMap              = "kargs_map"
 	SvctraceMapLastMatchMap          = "last_match_map"
 	SvctraceMapScratch               = "scratch"
@@ -270,6 +282,7 @@ type SvctraceMapSpecs struct {
 	EventsPerf   *ebpf.MapSpec `ebpf:"events_perf"`
 	Filter       *ebpf.MapSpec `ebpf:"filter"`
 	FilterAddrs  *ebpf.MapSpec `ebpf:"filter_addrs"`
+	FlowSample   *ebpf.MapSpec `ebpf:"flow_sample"`
 	KargsMap     *ebpf.MapSpec `ebpf:"kargs_map"`
 	LastMatchMap *ebpf.MapSpec `ebpf:"last_match_map"`
 	Scratch      *ebpf.MapSpec `ebpf:"scratch"`
@@ -316,6 +329,7 @@ type SvctraceMaps struct {
 	EventsPerf   *ebpf.Map `ebpf:"events_perf"`
 	Filter       *ebpf.Map `ebpf:"filter"`
 	FilterAddrs  *ebpf.Map `ebpf:"filter_addrs"`
+	FlowSample   *ebpf.Map `ebpf:"flow_sample"`
 	KargsMap     *ebpf.Map `ebpf:"kargs_map"`
 	LastMatchMap *ebpf.Map `ebpf:"last_match_map"`
 	Scratch      *ebpf.Map `ebpf:"scratch"`
@@ -329,6 +343,7 @@ func (m *SvctraceMaps) Close() error {
 		m.EventsPerf,
 		m.Filter,
 		m.FilterAddrs,
+		m.FlowSample,
 		m.KargsMap,
 		m.LastMatchMap,
 		m.Scratch,

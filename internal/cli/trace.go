@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -39,6 +40,8 @@ type traceOptions struct {
 	backendV attach.Backend
 	notices  chan string // from the metadata source (API server lost / back)
 	ringSize uint32
+	perFlow  uint32
+	cpuProf  string
 	kubeOptions
 	recordOptions
 }
@@ -62,9 +65,12 @@ func (o *traceOptions) addFlags(c *cobra.Command) {
 	f.DurationVar(&o.statsEvery, "stats-interval", 5*time.Second, "with -o json, emit a stats line this often (0: only at exit)")
 	f.StringVar(&o.node, "node", "", "the Node svctrace runs on (default: worked out from the node's addresses and the Node objects)")
 	f.StringVar(&o.per, "per", "packet", "one block per packet, or per flow (the first packet of each direction and every failed packet)")
+	f.Uint32Var(&o.perFlow, "packets-per-flow", 0, "trace this many packets of each flow direction in full, then only SYN/FIN/RST packets and failures (drops, ICMP errors); 0 traces every packet. Use it on busy Services")
 	f.Uint32Var(&o.ringSize, "ring-buffer-size", 0, "ring buffer size in bytes (power of two, multiple of the page size; default 4 MiB)")
 	_ = f.MarkHidden("perf-buffer")
 	_ = f.MarkHidden("ring-buffer-size")
+	f.StringVar(&o.cpuProf, "cpuprofile", "", "write a Go CPU profile of svctrace itself to this file (debugging)")
+	_ = f.MarkHidden("cpuprofile")
 }
 
 func (o *traceOptions) complete(c *cobra.Command) error {
@@ -108,6 +114,17 @@ func (o *traceOptions) complete(c *cobra.Command) error {
 }
 
 func (o *traceOptions) run(ctx context.Context) error {
+	if o.cpuProf != "" {
+		f, err := os.Create(o.cpuProf)
+		if err != nil {
+			return usageErr(fmt.Errorf("--cpuprofile: %w", err))
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	var r render.Renderer
 	if o.output == "json" {
 		r = render.NewJSON(o.stdout)
@@ -126,11 +143,12 @@ func (o *traceOptions) run(ctx context.Context) error {
 		Service:   o.service,
 		Source:    src,
 		Attach: attach.Options{
-			Backend:     o.backendV,
-			NetnsPath:   o.netns,
-			PerfBuffer:  o.perf,
-			RingBufSize: o.ringSize,
-			WakeupBytes: 64 << 10,
+			Backend:        o.backendV,
+			NetnsPath:      o.netns,
+			PerfBuffer:     o.perf,
+			RingBufSize:    o.ringSize,
+			PacketsPerFlow: o.perFlow,
+			WakeupBytes:    64 << 10,
 		},
 		Duration:  o.duration,
 		Count:     o.count,

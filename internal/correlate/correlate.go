@@ -49,8 +49,11 @@ type packet struct {
 type Correlator struct {
 	opts    Options
 	packets map[pktKey]*packet
-	order   []*packet // by first event, for eviction and deterministic flushing
-	flows   []flowEvent
+	order   []*packet                   // by first event, for eviction and deterministic flushing
+	flows   []*flowEvent                // route/connect events, in time order
+	byDst   map[netip.Addr][]*flowEvent // the same, by destination, in time order
+	failed  []*flowEvent                // the failed lookups among them
+	connect []*flowEvent                // the connect events among them
 	emit    func(*event.Path)
 	free    []*packet // completed packets, reused (their event storage)
 	evicted uint64
@@ -77,7 +80,7 @@ func New(opts Options, emit func(*event.Path)) *Correlator {
 	if opts.MaxFlowEvents == 0 {
 		opts.MaxFlowEvents = 65536
 	}
-	return &Correlator{opts: opts, packets: map[pktKey]*packet{}, emit: emit}
+	return &Correlator{opts: opts, packets: map[pktKey]*packet{}, byDst: map[netip.Addr][]*flowEvent{}, emit: emit}
 }
 
 // Evicted returns how many packets were completed early because of the cap.
@@ -95,12 +98,20 @@ func (c *Correlator) Add(ev *event.Event) {
 	}
 	if isFlowKind(ev.Kind) || ev.SKB == 0 {
 		if len(c.flows) >= c.opts.MaxFlowEvents {
-			c.flows = c.flows[1:]
+			c.popFlow()
 			c.evicted++
 		}
-		e := *ev
-		e.Header = slices.Clone(ev.Header)
-		c.flows = append(c.flows, flowEvent{ev: e})
+		f := &flowEvent{ev: *ev}
+		f.ev.Header = slices.Clone(ev.Header)
+		c.flows = append(c.flows, f)
+		dst := f.ev.Packet.Dst.Addr()
+		c.byDst[dst] = append(c.byDst[dst], f)
+		if f.ev.RouteError != 0 {
+			c.failed = append(c.failed, f)
+		}
+		if f.ev.Kind == event.KindConnect {
+			c.connect = append(c.connect, f)
+		}
 		return
 	}
 	k := pktKey{ev.SKB, ev.IPID}
@@ -221,21 +232,49 @@ func (c *Correlator) Flush() {
 	c.expireFlows(^uint64(0))
 }
 
+// popFlow removes the oldest flow event from every index and returns it.
+func (c *Correlator) popFlow() *flowEvent {
+	f := c.flows[0]
+	c.flows[0] = nil
+	c.flows = c.flows[1:]
+	dst := f.ev.Packet.Dst.Addr()
+	if b := c.byDst[dst]; len(b) > 0 && b[0] == f {
+		b[0] = nil
+		if len(b) == 1 {
+			delete(c.byDst, dst)
+		} else {
+			c.byDst[dst] = b[1:]
+		}
+	} else if i := slices.Index(b, f); i >= 0 {
+		c.byDst[dst] = slices.Delete(b, i, i+1)
+	}
+	if len(c.failed) > 0 && c.failed[0] == f {
+		c.failed[0] = nil
+		c.failed = c.failed[1:]
+	}
+	if len(c.connect) > 0 && c.connect[0] == f {
+		c.connect[0] = nil
+		c.connect = c.connect[1:]
+	}
+	return f
+}
+
+// lookupLead is how long before a packet its route lookups can be: the
+// lookups of a connect() precede the SYN by far less. The connect event
+// itself may be up to FlowWindow earlier (a retransmitted SYN).
+const lookupLead = 10 * time.Millisecond
+
 func (c *Correlator) expireFlows(now uint64) {
 	horizon := uint64(c.opts.FlowWindow + c.opts.Idle)
-	kept := c.flows[:0]
 	var orphans []event.Event
-	for _, f := range c.flows {
-		if now != ^uint64(0) && f.ev.Time+horizon > now {
-			kept = append(kept, f)
-			continue
+	for len(c.flows) > 0 {
+		if now != ^uint64(0) && c.flows[0].ev.Time+horizon > now {
+			break
 		}
-		if !f.claimed {
+		if f := c.popFlow(); !f.claimed {
 			orphans = append(orphans, f.ev)
 		}
 	}
-	clear(c.flows[len(kept):])
-	c.flows = kept
 	c.orphans(orphans)
 }
 
@@ -637,9 +676,37 @@ func (c *Correlator) claimRoutes(path *event.Path, netnses map[uint32]bool) []ev
 	if w := uint64(c.opts.FlowWindow); path.Start > w {
 		from = path.Start - w
 	}
+	// Candidates: lookups towards an address the packet carried (from
+	// lookupLead before it), connect events (from FlowWindow before it), and
+	// failed lookups while it was in flight (see inFlight below).
+	lead := uint64(0)
+	if l := uint64(lookupLead); path.Start > l {
+		lead = path.Start - l
+	}
+	within := func(list []*flowEvent, from uint64, cands []*flowEvent) []*flowEvent {
+		i, _ := slices.BinarySearchFunc(list, from, func(f *flowEvent, ts uint64) int {
+			return cmpU64(f.ev.Time, ts)
+		})
+		for ; i < len(list) && list[i].ev.Time <= path.End; i++ {
+			if !list[i].claimed {
+				cands = append(cands, list[i])
+			}
+		}
+		return cands
+	}
+	var cands []*flowEvent
+	var dsts []netip.Addr
+	for _, t := range tuples {
+		if a := t.Dst.Addr(); !slices.Contains(dsts, a) {
+			dsts = append(dsts, a)
+			cands = within(c.byDst[a], lead, cands)
+		}
+	}
+	cands = within(c.connect, from, cands)
+	cands = within(c.failed, path.Start, cands)
+	slices.SortStableFunc(cands, func(a, b *flowEvent) int { return cmpU64(a.ev.Time, b.ev.Time) })
 	var out []event.RouteStep
-	for i := range c.flows {
-		f := &c.flows[i]
+	for _, f := range cands {
 		if f.claimed || f.ev.Time < from || f.ev.Time > path.End {
 			continue
 		}
@@ -662,6 +729,16 @@ func (c *Correlator) claimRoutes(path *event.Path, netnses map[uint32]bool) []ev
 		out = append(out, routeStep(&f.ev))
 	}
 	return out
+}
+
+func cmpU64(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
 }
 
 func flowMatches(e *event.Event, tuples []event.Tuple) bool {

@@ -362,6 +362,9 @@ func (t *textRenderer) Stats(s *event.Stats) error {
 		fmt.Fprintf(t.w, "; verdicts: %s", strings.Join(parts, ", "))
 	}
 	fmt.Fprintln(t.w)
+	if s.Sampled > 0 {
+		fmt.Fprintf(t.w, "%s %d events of established flows left out by --packets-per-flow (failures are always shown)\n", t.c(cDim, "svctrace:"), s.Sampled)
+	}
 	if s.Lost > 0 {
 		fmt.Fprintf(t.w, "%s %d events were lost because the ring buffer was full (per CPU: %v); paths may be incomplete\n",
 			t.c(cYellow, "warning:"), s.Lost, s.LostPerCPU)

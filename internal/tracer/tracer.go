@@ -6,6 +6,8 @@ package tracer
 
 import (
 	"context"
+	"runtime"
+	"runtime/debug"
 	"errors"
 	"fmt"
 	"io"
@@ -219,6 +221,11 @@ func Run(ctx context.Context, cfg Config) (*event.Stats, error) {
 		return nil, err
 	}
 	defer probes.Close()
+	reasons, _ := b.DropReasons() // kernels before 5.17 have none: reasons stay empty
+	// The kernel's BTF was only needed to load: let it go before tracing.
+	b, opts.BTF = nil, nil
+	runtime.GC()
+	debug.FreeOSMemory()
 	warn := cfg.Warn
 	if warn == nil {
 		warn = io.Discard
@@ -235,7 +242,6 @@ func Run(ctx context.Context, cfg Config) (*event.Stats, error) {
 	}
 	defer reader.Close()
 
-	reasons, _ := b.DropReasons() // kernels before 5.17 have none: reasons stay empty
 	dec := decode.New(decode.Options{DropReasons: reasons, Symbols: &kernel.Symbols{}, Headers: cfg.Headers})
 	hints := map[string]string{}
 	if cfg.Attach.NetnsPath != "" {
@@ -342,14 +348,14 @@ func Run(ctx context.Context, cfg Config) (*event.Stats, error) {
 		ps := pipe.Stats()
 		stats.Paths, stats.Verdicts, stats.Evicted = ps.Paths, ps.Verdicts, ps.Evicted
 		stats.Elapsed = time.Since(start).Seconds()
-		emitted, lost, err := probes.Counters()
-		if err == nil {
-			stats.Emitted, stats.Lost = 0, 0
-			for i := range emitted {
-				stats.Emitted += emitted[i]
-				stats.Lost += lost[i]
+		if c, err := probes.Counters(); err == nil {
+			stats.Emitted, stats.Lost, stats.Sampled = 0, 0, 0
+			for i := range c.Emitted {
+				stats.Emitted += c.Emitted[i]
+				stats.Lost += c.Lost[i]
+				stats.Sampled += c.Sampled[i]
 			}
-			stats.LostPerCPU = lost
+			stats.LostPerCPU = c.Lost
 		}
 		stats.Lost += reader.LostSamples()
 		stats.Final = final

@@ -152,6 +152,9 @@ type Stats struct {
 	// full), summed over CPUs; LostPerCPU has the per-CPU counts.
 	Lost       uint64   `json:"lost"`
 	LostPerCPU []uint64 `json:"lost_per_cpu,omitempty"`
+	// Sampled is the number of events of established flows the kernel side
+	// left out on purpose (--packets-per-flow); failures are never left out.
+	Sampled uint64 `json:"sampled,omitempty"`
 	// Paths is the number of packet paths emitted.
 	Paths uint64 `json:"paths"`
 	// DecodeErrors counts records that could not be decoded.
