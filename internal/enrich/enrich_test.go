@@ -15,8 +15,10 @@ func (n names) NameOf(ap netip.AddrPort, _ uint8) string { return n[ap.Addr()] }
 
 type devs struct{}
 
-func (devs) Device(netns, ifindex uint32) string { return map[uint32]string{3: "cali1", 7: "eth0"}[ifindex] }
-func (devs) Netns(netns uint32) string           { return map[uint32]string{10: "node", 20: "pod-a"}[netns] }
+func (devs) Device(netns, ifindex uint32) string {
+	return map[uint32]string{3: "cali1", 7: "eth0"}[ifindex]
+}
+func (devs) Netns(netns uint32) string { return map[uint32]string{10: "node", 20: "pod-a"}[netns] }
 
 func TestPathNames(t *testing.T) {
 	ap := netip.MustParseAddrPort

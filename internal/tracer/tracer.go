@@ -6,13 +6,13 @@ package tracer
 
 import (
 	"context"
-	"runtime"
-	"runtime/debug"
 	"errors"
 	"fmt"
 	"io"
 	"net/netip"
 	"os"
+	"runtime"
+	"runtime/debug"
 	"sort"
 	"strconv"
 	"strings"
