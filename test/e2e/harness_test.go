@@ -179,28 +179,37 @@ func startTrace(t *testing.T, l *lab.Lab, node, svc string, extra ...string) *tr
 		"--netns", ns, "-o", "json", "--ready-file", ready, "--backend", backend(), "--stats-interval", "0"}, extra...)
 	tr := &trace{cmd: exec.Command(binary(t), args...), done: make(chan error, 1)}
 	tr.cmd.Stdout, tr.cmd.Stderr = &tr.stdout, &tr.stderr
-	if err := tr.cmd.Start(); err != nil {
+	launch(t, tr.cmd, tr.done, ready, &tr.stderr)
+	return tr
+}
+
+// launch starts cmd, kills it at the end of the test if it is still
+// running, and waits (up to 30 s) for it to write its ready file; done
+// receives cmd.Wait's result.
+func launch(t *testing.T, cmd *exec.Cmd, done chan error, ready string, stderr fmt.Stringer) {
+	t.Helper()
+	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go func() { tr.done <- tr.cmd.Wait() }()
+	go func() { done <- cmd.Wait() }()
 	t.Cleanup(func() {
-		if tr.cmd.ProcessState == nil {
-			_ = tr.cmd.Process.Kill()
-			<-tr.done
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			<-done
 		}
 	})
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if _, err := os.Stat(ready); err == nil {
-			return tr
+			return
 		}
 		select {
-		case err := <-tr.done:
-			t.Fatalf("svctrace exited before it was ready: %v\nstderr: %s", err, tr.stderr.String())
+		case err := <-done:
+			t.Fatalf("svctrace exited before it was ready: %v\nstderr: %s", err, stderr.String())
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("svctrace not ready after 30s; stderr: %s", tr.stderr.String())
+			t.Fatalf("svctrace not ready after 30s; stderr: %s", stderr.String())
 		}
 	}
 }

@@ -75,30 +75,8 @@ func startKubeTrace(t *testing.T, l *lab.Lab, node string, args ...string) *live
 		"--backend", backend(), "--stats-interval", "0")
 	tr := &liveTrace{cmd: exec.Command(binary(t), args...), done: make(chan error, 1)}
 	tr.cmd.Stdout, tr.cmd.Stderr = &tr.stdout, &tr.stderr
-	if err := tr.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { tr.done <- tr.cmd.Wait() }()
-	t.Cleanup(func() {
-		if tr.cmd.ProcessState == nil {
-			_ = tr.cmd.Process.Kill()
-			<-tr.done
-		}
-	})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if _, err := os.Stat(ready); err == nil {
-			return tr
-		}
-		select {
-		case err := <-tr.done:
-			t.Fatalf("svctrace exited before it was ready: %v\nstderr: %s", err, tr.stderr.String())
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("svctrace not ready after 30s; stderr: %s", tr.stderr.String())
-		}
-	}
+	launch(t, tr.cmd, tr.done, ready, &tr.stderr)
+	return tr
 }
 
 // waitOutput waits until stdout, stderr or either ("any") contains want.
