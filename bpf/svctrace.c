@@ -378,12 +378,22 @@ struct ip4_l4 {
 // Parses the IPv4 packet at skb->head + network_header. Returns 0 on success.
 // One read covers the header and the ports (and TCP flags) unless the IPv4
 // header has options.
-static __always_inline int parse_skb_id(const struct sk_buff *skb, struct tuple *t, __u16 *ipid)
+// Where a packet's network header is, as parse_skb_id found it (snap_hdr
+// reuses it instead of reading the skb again).
+struct pkt_loc {
+	unsigned char *head;
+	__u16 nh;
+};
+
+static __always_inline int parse_skb_id(const struct sk_buff *skb, struct tuple *t, __u16 *ipid,
+					struct pkt_loc *loc)
 {
 	unsigned char *head = BPF_CORE_READ(skb, head);
 	__u16 nh = BPF_CORE_READ(skb, network_header);
 	struct ip4_l4 h;
 
+	loc->head = head;
+	loc->nh = nh;
 	if (!head || nh == (__u16)~0U)
 		return -1;
 	if (bpf_probe_read_kernel(&h, sizeof(h), head + nh))
@@ -413,12 +423,6 @@ static __always_inline int parse_skb_id(const struct sk_buff *skb, struct tuple 
 		t->dport = (h.sport >> 8) & 0xff; // code
 	}
 	return 0;
-}
-
-static __always_inline int parse_skb(const struct sk_buff *skb, struct tuple *t)
-{
-	__u16 ipid;
-	return parse_skb_id(skb, t, &ipid);
 }
 
 // sampled_out decides whether this packet's events are left out: after
@@ -451,17 +455,15 @@ static __always_inline int sampled_out(const struct tuple *t, __u16 ipid, struct
 	return 1;
 }
 
-static __always_inline void snap_hdr(const struct sk_buff *skb, struct event *e)
+static __always_inline void snap_hdr(const struct pkt_loc *loc, struct event *e)
 {
-	unsigned char *head = BPF_CORE_READ(skb, head);
-	__u16 nh = BPF_CORE_READ(skb, network_header);
 	__u32 len = e->pkt.ip_len;
 
 	if (len > HDR_SNAP)
 		len = HDR_SNAP;
 	if (len < 20)
 		return;
-	if (bpf_probe_read_kernel(e->hdr, HDR_SNAP, head + nh) == 0)
+	if (bpf_probe_read_kernel(e->hdr, HDR_SNAP, loc->head + loc->nh) == 0)
 		e->hdr_len = len;
 }
 
@@ -534,7 +536,8 @@ static __always_inline struct event *skb_event(const struct sk_buff *skb, __u32 
 {
 	struct tuple t = {};
 	__u16 ipid = 0;
-	if (parse_skb_id(skb, &t, &ipid))
+	struct pkt_loc loc;
+	if (parse_skb_id(skb, &t, &ipid, &loc))
 		return 0;
 	struct config *cfg = get_config();
 	struct nf_conn *ct = skb_ct(skb);
@@ -551,7 +554,7 @@ static __always_inline struct event *skb_event(const struct sk_buff *skb, __u32 
 	e->mark = BPF_CORE_READ(skb, mark);
 	read_ct(ct, e);
 	e->netns = skb_netns(skb, ct);
-	snap_hdr(skb, e);
+	snap_hdr(&loc, e);
 	return e;
 }
 
@@ -792,7 +795,8 @@ static __always_inline void nat_manip(void *ctx, struct sk_buff *skb, struct nf_
 {
 	struct tuple t = {};
 	__u16 ipid = 0;
-	if (parse_skb_id(skb, &t, &ipid))
+	struct pkt_loc loc;
+	if (parse_skb_id(skb, &t, &ipid, &loc))
 		return;
 	struct config *cfg = get_config();
 	if (!match_tuple(&t, cfg) && !match_ct(ct, cfg))
@@ -812,7 +816,7 @@ static __always_inline void nat_manip(void *ctx, struct sk_buff *skb, struct nf_
 	struct net_device *dev = BPF_CORE_READ(skb, dev);
 	if (dev)
 		e->ifindex = BPF_CORE_READ(dev, ifindex);
-	snap_hdr(skb, e);
+	snap_hdr(&loc, e);
 	ev_submit(ctx, e);
 }
 
@@ -1119,14 +1123,16 @@ static __always_inline struct event *ipvs_event(__u32 kind, __u8 source)
 	// The packet has not been rewritten yet: read it again (its IP ID ties
 	// this event to the packet's other events), falling back to the tuple
 	// saved at ip_vs_in.
-	if (parse_skb((struct sk_buff *)skb, &e->pkt)) {
+	__u16 ipid;
+	struct pkt_loc loc;
+	if (parse_skb_id((struct sk_buff *)skb, &e->pkt, &ipid, &loc)) {
 		e->pkt.saddr = (__u32)addrs;
 		e->pkt.daddr = (__u32)(addrs >> 32);
 		e->pkt.sport = (__u16)ports;
 		e->pkt.dport = (__u16)(ports >> 16);
 		e->pkt.proto = (__u8)(ports >> 32);
 	} else {
-		snap_hdr((struct sk_buff *)skb, e);
+		snap_hdr(&loc, e);
 	}
 	e->netns = skb_netns((struct sk_buff *)skb, 0);
 	return e;
