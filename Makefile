@@ -9,10 +9,11 @@ LDFLAGS   := -X github.com/svctrace/svctrace/internal/cli.Version=$(VERSION)
 
 # The VM kernel matrix runs the privileged attach and end-to-end tests on
 # Debian's 5.10, 6.1 and 6.12 kernels, every backend x proxy cell they
-# support. The Kubernetes API tests run on the host only (the real
-# kube-apiserver is not booted in the VMs).
+# support. The ipvs cells also run the real kube-proxy in IPVS mode against
+# a real etcd and kube-apiserver booted inside the VM (built on the host by
+# the kapi target; test/vm/kernels.json selects the tests per cell).
 VM_PACKAGES := ./internal/attach/ ./test/e2e/
-VM_RUN      := ^(TestHealthyClusterIP|TestHostOriginatedConnectSource|TestUnreachableBackend|TestVerdict.*|TestLoadAttachAndRelease|TestAttachReleaseBackend|TestForcedBackendReportsSkips|TestFilterUpdatesInPlace)$$
+VM_RUN      := ^(TestHealthyClusterIP|TestHostOriginatedConnectSource|TestUnreachableBackend|TestVerdict.*|TestLoadAttachAndRelease|TestAttachReleaseBackend|TestForcedBackendReportsSkips|TestFilterUpdatesInPlace|TestDaemonSetCapabilities)$$
 VM_KERNELS  := 5.10,6.1,6.12
 VM_PARALLEL := 2
 

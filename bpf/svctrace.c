@@ -260,6 +260,14 @@ struct ip4 {
 	__u32 daddr;
 };
 
+// RD reads ptr->field. Where ptr is a pointer the verifier knows the BTF
+// type of (arguments of tp_btf programs, a netfilter program's context, and
+// what is loaded through them) it is a plain load, checked by the verifier
+// and a fraction of the cost of a helper call; elsewhere (kprobes, pointers
+// computed from integers) it is bpf_probe_read_kernel. direct is a constant
+// at every call site, so only one of the two is compiled.
+#define RD(direct, ptr, field) ((direct) ? (ptr)->field : BPF_CORE_READ(ptr, field))
+
 static __always_inline void count(__u32 idx)
 {
 	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
@@ -311,11 +319,11 @@ static __always_inline int match_tuple(const struct tuple *t, struct config *cfg
 	return filter_one(t->saddr, t->sport, t->proto, cfg);
 }
 
-static __always_inline struct nf_conn *skb_ct(const struct sk_buff *skb)
+static __always_inline struct nf_conn *skb_ct(const struct sk_buff *skb, const int direct)
 {
 	if (!bpf_core_field_exists(skb->_nfct))
 		return 0;
-	unsigned long nfct = BPF_CORE_READ(skb, _nfct);
+	unsigned long nfct = RD(direct, skb, _nfct);
 	return (struct nf_conn *)(nfct & ~7UL);
 }
 
@@ -386,10 +394,10 @@ struct pkt_loc {
 };
 
 static __always_inline int parse_skb_id(const struct sk_buff *skb, struct tuple *t, __u16 *ipid,
-					struct pkt_loc *loc)
+					struct pkt_loc *loc, const int direct)
 {
-	unsigned char *head = BPF_CORE_READ(skb, head);
-	__u16 nh = BPF_CORE_READ(skb, network_header);
+	unsigned char *head = RD(direct, skb, head);
+	__u16 nh = RD(direct, skb, network_header);
 	struct ip4_l4 h;
 
 	loc->head = head;
@@ -467,26 +475,28 @@ static __always_inline void snap_hdr(const struct pkt_loc *loc, struct event *e)
 		e->hdr_len = len;
 }
 
-static __always_inline __u32 dev_netns(const struct net_device *dev)
+static __always_inline __u32 dev_netns(const struct net_device *dev, const int direct)
 {
 	if (!dev)
 		return 0;
+	if (direct)
+		return dev->nd_net.net->ns.inum;
 	return BPF_CORE_READ(dev, nd_net.net, ns.inum);
 }
 
-static __always_inline __u32 skb_netns(const struct sk_buff *skb, struct nf_conn *ct)
+static __always_inline __u32 skb_netns(const struct sk_buff *skb, struct nf_conn *ct, const int direct)
 {
-	struct net_device *dev = BPF_CORE_READ(skb, dev);
+	struct net_device *dev = RD(direct, skb, dev);
 	if (dev)
-		return dev_netns(dev);
+		return dev_netns(dev, direct);
 	if (ct && bpf_core_type_exists(struct nf_conn))
 		return BPF_CORE_READ(ct, ct_net.net, ns.inum);
 	return 0;
 }
 
-static __always_inline __u32 skb_route_ifindex(const struct sk_buff *skb)
+static __always_inline __u32 skb_route_ifindex(const struct sk_buff *skb, const int direct)
 {
-	unsigned long refdst = BPF_CORE_READ(skb, _skb_refdst);
+	unsigned long refdst = RD(direct, skb, _skb_refdst);
 	struct dst_entry *dst = (struct dst_entry *)(refdst & ~1UL);
 	if (!dst)
 		return 0;
@@ -532,15 +542,15 @@ static __always_inline void ev_submit(void *ctx, struct event *e)
 // Common body for skb-carrying hooks: parse, filter (packet, then conntrack),
 // fill the packet and conntrack fields. Returns the event or NULL.
 static __always_inline struct event *skb_event(const struct sk_buff *skb, __u32 kind,
-					       __u8 source, int with_task)
+					       __u8 source, int with_task, const int direct)
 {
 	struct tuple t = {};
 	__u16 ipid = 0;
 	struct pkt_loc loc;
-	if (parse_skb_id(skb, &t, &ipid, &loc))
+	if (parse_skb_id(skb, &t, &ipid, &loc, direct))
 		return 0;
 	struct config *cfg = get_config();
-	struct nf_conn *ct = skb_ct(skb);
+	struct nf_conn *ct = skb_ct(skb, direct);
 	if (!match_tuple(&t, cfg) && !match_ct(ct, cfg))
 		return 0;
 	// Failures are always traced; healthy packets of long flows are sampled.
@@ -551,9 +561,9 @@ static __always_inline struct event *skb_event(const struct sk_buff *skb, __u32 
 		return 0;
 	e->skb = (__u64)skb;
 	e->pkt = t;
-	e->mark = BPF_CORE_READ(skb, mark);
+	e->mark = RD(direct, skb, mark);
 	read_ct(ct, e);
-	e->netns = skb_netns(skb, ct);
+	e->netns = skb_netns(skb, ct, direct);
 	snap_hdr(&loc, e);
 	return e;
 }
@@ -566,19 +576,19 @@ static __always_inline int nf_common(struct bpf_nf_ctx *ctx, __u8 stage)
 {
 	struct sk_buff *skb = ctx->skb;
 	const struct nf_hook_state *st = ctx->state;
-	struct event *e = skb_event(skb, EV_NF, SRC_NETFILTER, 0);
+	struct event *e = skb_event(skb, EV_NF, SRC_NETFILTER, 0, 1);
 	if (!e)
 		return NF_ACCEPT;
 	e->stage = stage;
-	e->hook = BPF_CORE_READ(st, hook);
-	struct net_device *in = BPF_CORE_READ(st, in);
-	struct net_device *out = BPF_CORE_READ(st, out);
+	e->hook = st->hook;
+	struct net_device *in = st->in;
+	struct net_device *out = st->out;
 	if (in)
-		e->ifindex = BPF_CORE_READ(in, ifindex);
+		e->ifindex = in->ifindex;
 	if (out)
-		e->out_ifindex = BPF_CORE_READ(out, ifindex);
-	e->route_ifindex = skb_route_ifindex(skb);
-	e->netns = BPF_CORE_READ(st, net, ns.inum);
+		e->out_ifindex = out->ifindex;
+	e->route_ifindex = skb_route_ifindex(skb, 1);
+	e->netns = st->net->ns.inum;
 	__u32 zero = 0;
 	struct last_match *lm = bpf_map_lookup_elem(&last_match_map, &zero);
 	if (lm) {
@@ -607,15 +617,15 @@ int nf_after(struct bpf_nf_ctx *ctx)
 
 static __always_inline void drop_common(void *ctx, struct sk_buff *skb, void *location, __u32 reason)
 {
-	struct event *e = skb_event(skb, EV_DROP, SRC_TRACEPOINT, 1);
+	struct event *e = skb_event(skb, EV_DROP, SRC_TRACEPOINT, 1, 1);
 	if (!e)
 		return;
 	e->location = (__u64)location;
 	e->reason = reason;
-	struct net_device *dev = BPF_CORE_READ(skb, dev);
+	struct net_device *dev = skb->dev;
 	if (dev)
-		e->ifindex = BPF_CORE_READ(dev, ifindex);
-	e->route_ifindex = skb_route_ifindex(skb);
+		e->ifindex = dev->ifindex;
+	e->route_ifindex = skb_route_ifindex(skb, 1);
 	ev_submit(ctx, e);
 }
 
@@ -637,39 +647,40 @@ int BPF_PROG(tp_kfree_skb, struct sk_buff *skb, void *location)
 	return 0;
 }
 
-static __always_inline void flow_tuple(const struct flowi4 *flp, struct tuple *t)
+static __always_inline void flow_tuple(const struct flowi4 *flp, struct tuple *t, const int direct)
 {
-	t->saddr = BPF_CORE_READ(flp, saddr);
-	t->daddr = BPF_CORE_READ(flp, daddr);
-	t->proto = BPF_CORE_READ(flp, __fl_common.flowic_proto);
+	t->saddr = RD(direct, flp, saddr);
+	t->daddr = RD(direct, flp, daddr);
+	t->proto = RD(direct, flp, __fl_common.flowic_proto);
 	if (t->proto == IPPROTO_TCP_ || t->proto == IPPROTO_UDP_ || t->proto == IPPROTO_SCTP_) {
-		t->sport = bpf_ntohs(BPF_CORE_READ(flp, uli.ports.sport));
-		t->dport = bpf_ntohs(BPF_CORE_READ(flp, uli.ports.dport));
+		t->sport = bpf_ntohs(RD(direct, flp, uli.ports.sport));
+		t->dport = bpf_ntohs(RD(direct, flp, uli.ports.dport));
 	}
 }
 
 static __always_inline void fib_fill(struct event *e, const struct flowi4 *flp,
-				     const struct fib_nh_common *nhc, __u32 table, int err)
+				     const struct fib_nh_common *nhc, __u32 table, int err, const int direct)
 {
 	e->table = table;
 	e->reason = (__u32)err;
-	e->flow_oif = BPF_CORE_READ(flp, __fl_common.flowic_oif);
-	e->flow_iif = BPF_CORE_READ(flp, __fl_common.flowic_iif);
+	e->flow_oif = RD(direct, flp, __fl_common.flowic_oif);
+	e->flow_iif = RD(direct, flp, __fl_common.flowic_iif);
 	if (nhc && err == 0) {
-		struct net_device *dev = BPF_CORE_READ(nhc, nhc_dev);
+		struct net_device *dev = RD(direct, nhc, nhc_dev);
 		if (dev) {
-			e->out_ifindex = BPF_CORE_READ(dev, ifindex);
-			e->netns = dev_netns(dev);
+			e->out_ifindex = RD(direct, dev, ifindex);
+			e->netns = dev_netns(dev, direct);
 		}
-		if (BPF_CORE_READ(nhc, nhc_gw_family) == AF_INET)
-			e->gw = BPF_CORE_READ(nhc, nhc_gw.ipv4);
+		if (RD(direct, nhc, nhc_gw_family) == AF_INET)
+			e->gw = RD(direct, nhc, nhc_gw.ipv4);
 	}
 }
 
-static __always_inline struct event *flow_event(const struct flowi4 *flp, __u32 kind, __u8 source)
+static __always_inline struct event *flow_event(const struct flowi4 *flp, __u32 kind, __u8 source,
+						const int direct)
 {
 	struct tuple t = {};
-	flow_tuple(flp, &t);
+	flow_tuple(flp, &t, direct);
 	if (!match_tuple(&t, get_config()))
 		return 0;
 	struct event *e = ev_new(kind, source, 1);
@@ -683,7 +694,7 @@ SEC("tp_btf/fib_table_lookup")
 int BPF_PROG(tp_fib_table_lookup, u32 tb_id, const struct flowi4 *flp,
 	     const struct fib_nh_common *nhc, int err)
 {
-	struct event *e = flow_event(flp, EV_FIB, SRC_TRACEPOINT);
+	struct event *e = flow_event(flp, EV_FIB, SRC_TRACEPOINT, 1);
 	if (!e && !err)
 		return 0;
 	if (err) {
@@ -701,33 +712,34 @@ int BPF_PROG(tp_fib_table_lookup, u32 tb_id, const struct flowi4 *flp,
 			e = ev_new(EV_FIB, SRC_TRACEPOINT, 1);
 			if (!e)
 				return 0;
-			flow_tuple(flp, &e->pkt);
+			flow_tuple(flp, &e->pkt, 1);
 		}
 		e->skb = skb;
 	}
-	fib_fill(e, flp, nhc, tb_id, err);
+	fib_fill(e, flp, nhc, tb_id, err, 1);
 	ev_submit(ctx, e);
 	return 0;
 }
 
-static __always_inline void icmp_common(void *ctx, const struct sk_buff *skb, int type, int code, __u8 source)
+static __always_inline void icmp_common(void *ctx, const struct sk_buff *skb, int type, int code, __u8 source,
+					const int direct)
 {
 	if (type != 3 && type != 5 && type != 11 && type != 12)
 		return; // only errors: unreachable, redirect, time exceeded, parameter problem
-	struct event *e = skb_event(skb, EV_ICMP, source, 1);
+	struct event *e = skb_event(skb, EV_ICMP, source, 1, direct);
 	if (!e)
 		return;
 	e->reason = ((__u32)type << 8) | ((__u32)code & 0xff);
-	struct net_device *dev = BPF_CORE_READ(skb, dev);
+	struct net_device *dev = RD(direct, skb, dev);
 	if (dev)
-		e->ifindex = BPF_CORE_READ(dev, ifindex);
+		e->ifindex = RD(direct, dev, ifindex);
 	ev_submit(ctx, e);
 }
 
 SEC("tp_btf/icmp_send")
 int BPF_PROG(tp_icmp_send, const struct sk_buff *skb, int type, int code)
 {
-	icmp_common(ctx, skb, type, code, SRC_TRACEPOINT);
+	icmp_common(ctx, skb, type, code, SRC_TRACEPOINT, 1);
 	return 0;
 }
 
@@ -736,13 +748,13 @@ int BPF_PROG(tp_sock_set_state, const struct sock *sk, int oldstate, int newstat
 {
 	if (newstate != TCP_SYN_SENT)
 		return 0;
-	if (BPF_CORE_READ(sk, __sk_common.skc_family) != AF_INET)
+	if (sk->__sk_common.skc_family != AF_INET)
 		return 0;
 	struct tuple t = {};
-	t.saddr = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
-	t.daddr = BPF_CORE_READ(sk, __sk_common.skc_daddr);
-	t.sport = BPF_CORE_READ(sk, __sk_common.skc_num);
-	t.dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	t.saddr = sk->__sk_common.skc_rcv_saddr;
+	t.daddr = sk->__sk_common.skc_daddr;
+	t.sport = sk->__sk_common.skc_num;
+	t.dport = bpf_ntohs(sk->__sk_common.skc_dport);
 	t.proto = IPPROTO_TCP_;
 	if (!match_tuple(&t, get_config()))
 		return 0;
@@ -752,20 +764,20 @@ int BPF_PROG(tp_sock_set_state, const struct sock *sk, int oldstate, int newstat
 	e->pkt = t;
 	e->hook = newstate;
 	e->location = (__u64)sk;
-	e->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
-	e->flow_oif = BPF_CORE_READ(sk, __sk_common.skc_bound_dev_if);
+	e->netns = sk->__sk_common.skc_net.net->ns.inum;
+	e->flow_oif = sk->__sk_common.skc_bound_dev_if;
 	ev_submit(ctx, e);
 	return 0;
 }
 
 static __always_inline void dev_event(void *ctx, const struct sk_buff *skb, __u32 kind)
 {
-	struct event *e = skb_event(skb, kind, SRC_TRACEPOINT, 0);
+	struct event *e = skb_event(skb, kind, SRC_TRACEPOINT, 0, 1);
 	if (!e)
 		return;
-	struct net_device *dev = BPF_CORE_READ(skb, dev);
+	struct net_device *dev = skb->dev;
 	if (dev)
-		e->ifindex = BPF_CORE_READ(dev, ifindex);
+		e->ifindex = dev->ifindex;
 	ev_submit(ctx, e);
 }
 
@@ -796,7 +808,7 @@ static __always_inline void nat_manip(void *ctx, struct sk_buff *skb, struct nf_
 	struct tuple t = {};
 	__u16 ipid = 0;
 	struct pkt_loc loc;
-	if (parse_skb_id(skb, &t, &ipid, &loc))
+	if (parse_skb_id(skb, &t, &ipid, &loc, 0))
 		return;
 	struct config *cfg = get_config();
 	if (!match_tuple(&t, cfg) && !match_ct(ct, cfg))
@@ -812,7 +824,7 @@ static __always_inline void nat_manip(void *ctx, struct sk_buff *skb, struct nf_
 	e->stage = dir;
 	e->mark = BPF_CORE_READ(skb, mark);
 	read_ct(ct, e);
-	e->netns = skb_netns(skb, ct);
+	e->netns = skb_netns(skb, ct, 0);
 	struct net_device *dev = BPF_CORE_READ(skb, dev);
 	if (dev)
 		e->ifindex = BPF_CORE_READ(dev, ifindex);
@@ -899,7 +911,7 @@ int BPF_PROG(fx_nat_setup_info, struct nf_conn *ct, void *range, int maniptype, 
 static __always_inline void fib_lookup_ret(void *ctx, struct fib_table *tb, const struct flowi4 *flp,
 					   struct fib_result *res, int ret, __u8 source)
 {
-	struct event *e = flow_event(flp, EV_FIB, source);
+	struct event *e = flow_event(flp, EV_FIB, source, 0);
 	if (!e)
 		return;
 	struct fib_nh_common *nhc = 0;
@@ -909,7 +921,7 @@ static __always_inline void fib_lookup_ret(void *ctx, struct fib_table *tb, cons
 		if (fi)
 			e->prefsrc = BPF_CORE_READ(fi, fib_prefsrc);
 	}
-	fib_fill(e, flp, nhc, BPF_CORE_READ(tb, tb_id), ret);
+	fib_fill(e, flp, nhc, BPF_CORE_READ(tb, tb_id), ret, 0);
 	ev_submit(ctx, e);
 }
 
@@ -917,7 +929,7 @@ SEC("kprobe/fib_table_lookup")
 int BPF_KPROBE(kp_fib_table_lookup, struct fib_table *tb, const struct flowi4 *flp, struct fib_result *res)
 {
 	struct tuple t = {};
-	flow_tuple(flp, &t);
+	flow_tuple(flp, &t, 0);
 	if (!match_tuple(&t, get_config()))
 		return 0; // cheap: only traced flows pay for the map update
 	save_args(KFN_FIB_LOOKUP, (__u64)tb, (__u64)flp, (__u64)res, 0);
@@ -948,7 +960,7 @@ int BPF_PROG(fx_fib_table_lookup, struct fib_table *tb, const struct flowi4 *flp
 static __always_inline void route_out_ret(void *ctx, struct net *net, const struct flowi4 *fl4,
 					  struct rtable *rt, __u8 source)
 {
-	struct event *e = flow_event(fl4, EV_ROUTE_OUT, source);
+	struct event *e = flow_event(fl4, EV_ROUTE_OUT, source, 0);
 	if (!e)
 		return;
 	e->netns = BPF_CORE_READ(net, ns.inum);
@@ -965,7 +977,7 @@ SEC("kprobe/ip_route_output_key_hash")
 int BPF_KPROBE(kp_route_output, struct net *net, struct flowi4 *fl4)
 {
 	struct tuple t = {};
-	flow_tuple(fl4, &t);
+	flow_tuple(fl4, &t, 0);
 	if (!match_tuple(&t, get_config()))
 		return 0;
 	save_args(KFN_ROUTE_OUT, (__u64)net, (__u64)fl4, 0, 0);
@@ -996,13 +1008,13 @@ static __always_inline void validate_ret(void *ctx, struct sk_buff *skb, struct 
 {
 	if (ret >= 0)
 		return;
-	struct event *e = skb_event(skb, EV_FIB_VALIDATE, source, 0);
+	struct event *e = skb_event(skb, EV_FIB_VALIDATE, source, 0, 0);
 	if (!e)
 		return;
 	e->reason = (__u32)ret;
 	if (dev) {
 		e->ifindex = BPF_CORE_READ(dev, ifindex);
-		e->netns = dev_netns(dev);
+		e->netns = dev_netns(dev, 0);
 	}
 	ev_submit(ctx, e);
 }
@@ -1037,7 +1049,7 @@ int BPF_PROG(fx_fib_validate_source, struct sk_buff *skb, __u32 src, __u32 dst, 
 SEC("kprobe/__icmp_send")
 int BPF_KPROBE(kp_icmp_send, struct sk_buff *skb, int type, int code)
 {
-	icmp_common(ctx, skb, type, code, SRC_KPROBE);
+	icmp_common(ctx, skb, type, code, SRC_KPROBE, 0);
 	return 0;
 }
 
@@ -1072,7 +1084,7 @@ struct ip_vs_conn {
 static __always_inline void ipvs_in(void *ctx, struct sk_buff *skb, __u8 source)
 {
 	struct kargs_key k = {.pid_tgid = bpf_get_current_pid_tgid(), .fn = KFN_IPVS_SKB};
-	struct event *e = skb_event(skb, EV_IPVS_IN, source, 0);
+	struct event *e = skb_event(skb, EV_IPVS_IN, source, 0, 0);
 	if (!e) {
 		bpf_map_delete_elem(&kargs_map, &k);
 		return;
@@ -1125,7 +1137,7 @@ static __always_inline struct event *ipvs_event(__u32 kind, __u8 source)
 	// saved at ip_vs_in.
 	__u16 ipid;
 	struct pkt_loc loc;
-	if (parse_skb_id((struct sk_buff *)skb, &e->pkt, &ipid, &loc)) {
+	if (parse_skb_id((struct sk_buff *)skb, &e->pkt, &ipid, &loc, 0)) {
 		e->pkt.saddr = (__u32)addrs;
 		e->pkt.daddr = (__u32)(addrs >> 32);
 		e->pkt.sport = (__u16)ports;
@@ -1134,7 +1146,7 @@ static __always_inline struct event *ipvs_event(__u32 kind, __u8 source)
 	} else {
 		snap_hdr(&loc, e);
 	}
-	e->netns = skb_netns((struct sk_buff *)skb, 0);
+	e->netns = skb_netns((struct sk_buff *)skb, 0, 0);
 	return e;
 }
 
@@ -1206,7 +1218,7 @@ int BPF_PROG(fe_ipvs_sched_err)
 // has BTF.
 static __always_inline void ipvs_xmit(void *ctx, struct sk_buff *skb, struct ip_vs_conn *cp, __u8 source)
 {
-	struct event *e = skb_event(skb, EV_IPVS_XMIT, source, 0);
+	struct event *e = skb_event(skb, EV_IPVS_XMIT, source, 0, 0);
 	if (!e)
 		return;
 	if (cp && bpf_core_type_exists(struct ip_vs_conn)) {

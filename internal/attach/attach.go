@@ -158,6 +158,10 @@ func Load(opts Options) (_ *Probes, err error) {
 		}
 		if st.Impl == "" {
 			st.Skipped = "no implementation available on this kernel"
+			if paranoidRefused(st.Tried) {
+				level, _ := kernel.PerfEventParanoid()
+				st.Skipped = "kprobes refused: " + perfParanoidHint(level)
+			}
 			if len(st.Tried) == 0 {
 				st.Skipped = fmt.Sprintf("not available with --backend %s", opts.Backend)
 			}
@@ -179,7 +183,36 @@ func explain(err error) string {
 	if errors.Is(err, unix.EPERM) {
 		return "refused by the kernel (EPERM: this program type is forbidden here, e.g. by lockdown or a BPF LSM policy)"
 	}
+	if errors.Is(err, unix.EACCES) && strings.Contains(err.Error(), "perf event") {
+		if level, ok := kernel.PerfEventParanoid(); ok && level > 2 {
+			return fmt.Sprintf("%v (%s)", err, perfParanoidHint(level))
+		}
+	}
 	return err.Error()
+}
+
+// perfParanoidHint says why perf events (and so kprobes) are refused to a
+// process with CAP_PERFMON: Debian and Ubuntu kernels reserve them for
+// CAP_SYS_ADMIN at perf_event_paranoid 3, their default.
+func perfParanoidHint(level int) string {
+	return fmt.Sprintf("kernel.perf_event_paranoid is %d, which reserves perf events and kprobes for CAP_SYS_ADMIN: "+
+		"set sysctl kernel.perf_event_paranoid=2, or grant CAP_SYS_ADMIN", level)
+}
+
+// paranoidRefused reports whether the paranoid setting is what left a hook
+// out: it refused a kprobe, and every other try failed for want of the
+// function.
+func paranoidRefused(tried []string) bool {
+	refused := false
+	for _, t := range tried {
+		switch {
+		case strings.Contains(t, "kernel.perf_event_paranoid"):
+			refused = true
+		case !strings.Contains(t, "not found"):
+			return false
+		}
+	}
+	return refused
 }
 
 func summarizeTried(plan []HookStatus) string {

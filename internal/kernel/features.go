@@ -55,6 +55,18 @@ func HaveKprobes() error {
 	return fmt.Errorf("kprobes: %w (CONFIG_KPROBES is off or tracefs is not mounted)", ebpf.ErrNotSupported)
 }
 
+// PerfEventParanoid reads kernel.perf_event_paranoid. Above 2 (a Debian and
+// Ubuntu patch, their default 3) perf_event_open, and with it every kprobe,
+// needs CAP_SYS_ADMIN: CAP_PERFMON is not enough.
+func PerfEventParanoid() (int, bool) {
+	b, err := os.ReadFile("/proc/sys/kernel/perf_event_paranoid")
+	if err != nil {
+		return 0, false
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	return n, err == nil
+}
+
 // HaveRingBuf reports whether BPF ring buffers are supported (5.8+).
 func HaveRingBuf() error {
 	return features.HaveMapType(ebpf.RingBuf)

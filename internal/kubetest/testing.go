@@ -2,6 +2,7 @@ package kubetest
 
 import (
 	"context"
+	"os"
 	"testing"
 	"time"
 )
@@ -16,6 +17,11 @@ func BinariesForTest(t testing.TB) *Binaries {
 	}
 	if b, ok := Cached(); ok {
 		return b
+	}
+	if os.Getenv("SVCTRACE_VM_GUEST") != "" {
+		// Linking kube-apiserver under software emulation takes far longer
+		// than any test timeout: the host builds it (make kapi).
+		t.Fatal("the control plane is not built: run make kapi (or hack/build-kapi.sh) on the host before the VM tests")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Minute)
 	defer cancel()

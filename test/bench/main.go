@@ -31,6 +31,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -58,7 +59,19 @@ type options struct {
 	stream  time.Duration
 	rate    int
 	seconds int
+	// bpfStats prints per-program run counts and cost of the last traced
+	// throughput run of each figure (kernel.bpf_stats_enabled).
+	bpfStats bool
+	// only, when set, names the figures to measure (see figureNames).
+	only map[string]bool
 }
+
+// figureNames are the figures -only selects from.
+func figureNames() []string {
+	return []string{"other", "traced", "sampled", "startup", "rate", "pipeline"}
+}
+
+func (o options) want(name string) bool { return len(o.only) == 0 || o.only[name] }
 
 func main() {
 	var o options
@@ -67,7 +80,19 @@ func main() {
 	flag.DurationVar(&o.stream, "stream", 2*time.Second, "length of one throughput run")
 	flag.IntVar(&o.rate, "rate", 9000, "UDP request/response exchanges/s offered in the event-rate run (each yields ~22 events: ~200,000 events/s)")
 	flag.IntVar(&o.seconds, "seconds", 10, "length of the event-rate run")
+	flag.BoolVar(&o.bpfStats, "bpf-stats", false, "print each BPF program's runs and cost during the last traced run of each throughput figure")
+	only := flag.String("only", "", "comma-separated figures to measure, of "+strings.Join(figureNames(), ","))
 	flag.Parse()
+	if *only != "" {
+		o.only = map[string]bool{}
+		for _, f := range strings.Split(*only, ",") {
+			if !slices.Contains(figureNames(), f) {
+				fmt.Fprintf(os.Stderr, "bench: unknown figure %q (have %s)\n", f, strings.Join(figureNames(), ","))
+				os.Exit(2)
+			}
+			o.only[f] = true
+		}
+	}
 	if err := run(context.Background(), o); err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
 		os.Exit(1)
@@ -119,41 +144,51 @@ func run(ctx context.Context, o options) error {
 	defer b.close()
 
 	var figs []figure
-	// Tracing another Service: nothing of the bench flow is traced.
-	other, err := b.throughputAB(ctx, "hostnames")
-	if err != nil {
-		return err
+	ab := []struct {
+		key, name, svc string
+		extra          []string
+		budget         float64
+	}{
+		// Tracing another Service: nothing of the bench flow is traced.
+		{"other", "TCP throughput, other Service traced", "hostnames", nil, 0.97},
+		{"traced", "TCP throughput, this Service traced (every packet)", "bench", nil, 0.85},
+		{"sampled", "TCP throughput, this Service, --packets-per-flow 32", "bench", []string{"--packets-per-flow", "32"}, 0.85},
 	}
-	figs = append(figs, ratioFigure("TCP throughput, other Service traced", other, 0.97))
-	traced, err := b.throughputAB(ctx, "bench")
-	if err != nil {
-		return err
+	for _, f := range ab {
+		if !o.want(f.key) {
+			continue
+		}
+		r, err := b.throughputAB(ctx, f.svc, f.extra...)
+		if err != nil {
+			return err
+		}
+		figs = append(figs, ratioFigure(f.name, r, f.budget))
 	}
-	figs = append(figs, ratioFigure("TCP throughput, this Service traced (every packet)", traced, 0.85))
-	sampled, err := b.throughputAB(ctx, "bench", "--packets-per-flow", "32")
-	if err != nil {
-		return err
+	if o.want("startup") {
+		start, rss, peak, err := b.startupAndRSS(ctx)
+		if err != nil {
+			return err
+		}
+		figs = append(figs,
+			figure{name: "start-up to all probes attached", value: start.Round(time.Millisecond).String(), budget: "< 1s",
+				ratio: float64(time.Second) / float64(start)},
+			figure{name: "RSS while tracing a bulk stream", value: fmt.Sprintf("%.1f MB", float64(rss)/1e6), budget: "< 100 MB",
+				ratio: 100e6 / float64(rss), note: fmt.Sprintf("peak %.1f MB (BTF parsing at start-up)", float64(peak)/1e6)})
 	}
-	figs = append(figs, ratioFigure("TCP throughput, this Service, --packets-per-flow 32", sampled, 0.85))
-	start, rss, peak, err := b.startupAndRSS(ctx)
-	if err != nil {
-		return err
+	if o.want("rate") {
+		rate, err := b.eventRate(ctx)
+		if err != nil {
+			return err
+		}
+		figs = append(figs, rate)
 	}
-	figs = append(figs,
-		figure{name: "start-up to all probes attached", value: start.Round(time.Millisecond).String(), budget: "< 1s",
-			ratio: float64(time.Second) / float64(start)},
-		figure{name: "RSS while tracing a bulk stream", value: fmt.Sprintf("%.1f MB", float64(rss)/1e6), budget: "< 100 MB",
-			ratio: 100e6 / float64(rss), note: fmt.Sprintf("peak %.1f MB (BTF parsing at start-up)", float64(peak)/1e6)})
-	rate, err := b.eventRate(ctx)
-	if err != nil {
-		return err
+	if o.want("pipeline") {
+		pipe, err := pipelineBench()
+		if err != nil {
+			return err
+		}
+		figs = append(figs, pipe)
 	}
-	figs = append(figs, rate)
-	pipe, err := pipelineBench()
-	if err != nil {
-		return err
-	}
-	figs = append(figs, pipe)
 
 	fmt.Printf("\nsvctrace benchmarks (kernel %s, %d CPUs)\n\n", kernelRelease(), numCPU())
 	fmt.Printf("%-52s %-22s %-12s %-7s %s\n", "figure", "value", "budget", "ratio", "")
@@ -376,7 +411,26 @@ func (b *bench) throughputAB(ctx context.Context, svc string, extra ...string) (
 		if err != nil {
 			return r, err
 		}
+		var before map[int]progStat
+		if b.o.bpfStats && i == b.o.rounds-1 {
+			restore, err := enableBPFStats()
+			if err != nil {
+				return r, err
+			}
+			defer restore()
+			if before, err = bpfStats(t.cmd.Process.Pid); err != nil {
+				return r, err
+			}
+		}
+		began := time.Now()
 		w, err := b.stream()
+		if before != nil && err == nil {
+			after, serr := bpfStats(t.cmd.Process.Pid)
+			if serr != nil {
+				return r, serr
+			}
+			printStatsDelta(strings.Join(append([]string{"--svc", svc}, extra...), " "), before, after, time.Since(began))
+		}
 		if serr := t.stop(); err == nil {
 			err = serr
 		}

@@ -329,12 +329,20 @@ func waitRules(t *testing.T, l *lab.Lab, node string, kp *kubetest.Process, mode
 	for time.Now().Before(deadline) {
 		out, err := l.Exec(context.Background(), ns, argv...)
 		rules = string(out)
+		present := func(s string) bool { return strings.Contains(rules, s) }
+		if mode == lab.ProxyIPVS {
+			// kube-proxy terminates IPVS real servers gracefully: a removed
+			// endpoint stays at weight 0 until its connections expire, and
+			// no new connection is scheduled to it.
+			active := activeRealServers(rules)
+			present = func(s string) bool { return active[s] || !strings.Contains(s, ":") && strings.Contains(rules, s) }
+		}
 		ok := err == nil
 		for _, s := range has {
-			ok = ok && strings.Contains(rules, s)
+			ok = ok && present(s)
 		}
 		for _, s := range hasNot {
-			ok = ok && !strings.Contains(rules, s)
+			ok = ok && !present(s)
 		}
 		if ok {
 			return
@@ -346,7 +354,20 @@ func waitRules(t *testing.T, l *lab.Lab, node string, kp *kubetest.Process, mode
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-	t.Fatalf("kube-proxy did not program %v (without %v) in 60s; nat table:\n%s", has, hasNot, rules)
+	t.Fatalf("kube-proxy did not program %v (without %v) in 60s; rules:\n%s", has, hasNot, rules)
+}
+
+// activeRealServers returns the real servers ("ip:port") of `ipvsadm -Ln`
+// output that have a weight above zero.
+func activeRealServers(out string) map[string]bool {
+	active := map[string]bool{}
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 4 && f[0] == "->" && f[3] != "0" && f[3] != "Weight" {
+			active[f[1]] = true
+		}
+	}
+	return active
 }
 
 // kubeProxyMode is the mode kube-proxy runs in: $SVCTRACE_TEST_PROXY
