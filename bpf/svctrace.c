@@ -197,6 +197,16 @@ struct {
 
 #define LAST_MATCH_WINDOW_NS 200000
 
+// When this CPU last woke the ring buffer's reader (see ev_submit).
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} last_wakeup SEC(".maps");
+
+#define WAKE_INTERVAL_NS 1000000
+
 // Per-flow sampling state, keyed by the packet's tuple as seen at a hook
 // (before and after NAT are different keys that count the same packets).
 struct flow_state {
@@ -530,9 +540,21 @@ static __always_inline void ev_submit(void *ctx, struct event *e)
 	} else {
 		__u64 flags = 0;
 		if (wakeup_bytes) {
-			flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes
-					? BPF_RB_FORCE_WAKEUP
-					: BPF_RB_NO_WAKEUP;
+			// Wake the reader once this much is pending, at most once per
+			// WAKE_INTERVAL_NS per CPU: each wakeup is an interrupt, and a
+			// reader that fell behind (pending data above the threshold)
+			// would otherwise be woken by every event, falling further
+			// behind. Waking on the threshold crossing alone is not enough:
+			// two CPUs can step over it together without either seeing it.
+			flags = BPF_RB_NO_WAKEUP;
+			if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes) {
+				__u32 zero = 0;
+				__u64 *last = bpf_map_lookup_elem(&last_wakeup, &zero);
+				if (last && e->ts - *last >= WAKE_INTERVAL_NS) {
+					*last = e->ts;
+					flags = BPF_RB_FORCE_WAKEUP;
+				}
+			}
 		}
 		err = bpf_ringbuf_output(&events, e, sizeof(*e), flags);
 	}

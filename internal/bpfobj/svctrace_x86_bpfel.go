@@ -150,6 +150,7 @@ const (
 	SvctraceMapFlowSample            = "flow_sample"
 	SvctraceMapKargsMap              = "kargs_map"
 	SvctraceMapLastMatchMap          = "last_match_map"
+	SvctraceMapLastWakeup            = "last_wakeup"
 	SvctraceMapScratch               = "scratch"
 	SvctraceProgFeIpvsConnNew        = "fe_ipvs_conn_new"
 	SvctraceProgFeIpvsInHook         = "fe_ipvs_in_hook"
@@ -285,6 +286,7 @@ type SvctraceMapSpecs struct {
 	FlowSample   *ebpf.MapSpec `ebpf:"flow_sample"`
 	KargsMap     *ebpf.MapSpec `ebpf:"kargs_map"`
 	LastMatchMap *ebpf.MapSpec `ebpf:"last_match_map"`
+	LastWakeup   *ebpf.MapSpec `ebpf:"last_wakeup"`
 	Scratch      *ebpf.MapSpec `ebpf:"scratch"`
 }
 
@@ -332,6 +334,7 @@ type SvctraceMaps struct {
 	FlowSample   *ebpf.Map `ebpf:"flow_sample"`
 	KargsMap     *ebpf.Map `ebpf:"kargs_map"`
 	LastMatchMap *ebpf.Map `ebpf:"last_match_map"`
+	LastWakeup   *ebpf.Map `ebpf:"last_wakeup"`
 	Scratch      *ebpf.Map `ebpf:"scratch"`
 }
 
@@ -346,6 +349,7 @@ func (m *SvctraceMaps) Close() error {
 		m.FlowSample,
 		m.KargsMap,
 		m.LastMatchMap,
+		m.LastWakeup,
 		m.Scratch,
 	)
 }

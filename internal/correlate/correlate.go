@@ -43,13 +43,29 @@ type packet struct {
 	key    pktKey
 	events []event.Event
 	last   uint64
+	gen    uint64 // bumped when the packet completes (its storage may be reused)
 }
+
+// queued is a packet in arrival order; gen tells an open packet from a
+// completed one whose storage was reused.
+type queued struct {
+	p   *packet
+	gen uint64
+}
+
+// live reports whether q still stands for an open packet.
+func live(q queued) bool { return q.p.gen == q.gen }
+
+// maxCompletePerAdvance bounds the paths one Advance completes, so that a
+// backlog (a reader catching up, a burst) is worked off between reads
+// instead of stalling them.
+const maxCompletePerAdvance = 512
 
 // Correlator assembles paths. It is not safe for concurrent use.
 type Correlator struct {
 	opts    Options
 	packets map[pktKey]*packet
-	order   []*packet                   // by first event, for eviction and deterministic flushing
+	order   []queued                    // by first event, for expiry, eviction and deterministic flushing
 	flows   []*flowEvent                // route/connect events, in time order
 	byDst   map[netip.Addr][]*flowEvent // the same, by destination, in time order
 	failed  []*flowEvent                // the failed lookups among them
@@ -128,7 +144,7 @@ func (c *Correlator) Add(ev *event.Event) {
 		}
 		p = c.newPacket(k)
 		c.packets[k] = p
-		c.order = append(c.order, p)
+		c.order = append(c.order, queued{p: p, gen: p.gen})
 	}
 	p.events = append(p.events, *ev)
 	e := &p.events[len(p.events)-1]
@@ -179,6 +195,7 @@ func (c *Correlator) newPacket(k pktKey) *packet {
 
 // release returns a completed packet's storage to the free list.
 func (c *Correlator) release(p *packet) {
+	p.gen++
 	clear(p.events)
 	p.events = p.events[:0]
 	if len(c.free) < 1024 {
@@ -188,44 +205,59 @@ func (c *Correlator) release(p *packet) {
 
 func (c *Correlator) evictOldest() {
 	for len(c.order) > 0 {
-		p := c.order[0]
+		q := c.order[0]
 		c.order = c.order[1:]
-		if c.packets[p.key] == p {
+		if live(q) {
 			c.evicted++
-			c.complete(p)
+			c.complete(q.p)
 			return
 		}
 	}
 }
 
 // Advance moves the correlator's clock to now (kernel ktime, ns) and
-// completes every packet idle for longer than Options.Idle.
-func (c *Correlator) Advance(now uint64) {
+// completes packets idle for Options.Idle, at most maxCompletePerAdvance of
+// them; pending reports that more are due (call again soon).
+func (c *Correlator) Advance(now uint64) (pending bool) {
 	if now > c.now {
 		c.now = now
 	}
 	idle := uint64(c.opts.Idle)
-	kept := c.order[:0]
-	for _, p := range c.order {
-		if c.packets[p.key] != p {
+	budget := maxCompletePerAdvance
+	kept := 0
+	i := 0
+	for ; i < len(c.order); i++ {
+		q := c.order[i]
+		if !live(q) {
 			continue
 		}
-		if p.last+idle <= c.now {
-			c.complete(p)
+		if q.p.last+idle <= c.now {
+			if budget == 0 {
+				pending = true
+				break
+			}
+			budget--
+			c.complete(q.p)
 			continue
 		}
-		kept = append(kept, p)
+		c.order[kept] = q
+		kept++
 	}
-	clear(c.order[len(kept):])
-	c.order = kept
-	c.expireFlows(c.now)
+	n := kept + copy(c.order[kept:], c.order[i:])
+	clear(c.order[n:])
+	c.order = c.order[:n]
+	if !pending {
+		// Route lookups wait for packets that completed late.
+		c.expireFlows(c.now)
+	}
+	return pending
 }
 
 // Flush completes everything (end of trace or recording).
 func (c *Correlator) Flush() {
-	for _, p := range c.order {
-		if c.packets[p.key] == p {
-			c.complete(p)
+	for _, q := range c.order {
+		if live(q) {
+			c.complete(q.p)
 		}
 	}
 	c.order = nil
@@ -359,7 +391,7 @@ func (c *Correlator) complete(p *packet) {
 		c.release(p)
 		return
 	}
-	slices.SortStableFunc(p.events, func(a, b event.Event) int {
+	byTime := func(a, b event.Event) int {
 		switch {
 		case a.Time < b.Time:
 			return -1
@@ -367,7 +399,11 @@ func (c *Correlator) complete(p *packet) {
 			return 1
 		}
 		return 0
-	})
+	}
+	// Events of one packet come from one CPU at a time: almost always in order.
+	if !slices.IsSortedFunc(p.events, byTime) {
+		slices.SortStableFunc(p.events, byTime)
+	}
 	c.emit(c.build(p))
 	c.release(p)
 }

@@ -97,12 +97,13 @@ func (p *Pipeline) Event(ev *event.Event) {
 	p.corr.Add(ev)
 }
 
-// Advance moves time to now (kernel ktime, ns), completing idle packets.
-func (p *Pipeline) Advance(now uint64) {
+// Advance moves time to now (kernel ktime, ns), completing idle packets;
+// pending reports that a bounded share was completed and more are due.
+func (p *Pipeline) Advance(now uint64) (pending bool) {
 	if p.cfg.OnAdvance != nil {
 		p.cfg.OnAdvance(now)
 	}
-	p.corr.Advance(now)
+	return p.corr.Advance(now)
 }
 
 // Flush completes every packet (end of trace or recording).

@@ -343,6 +343,7 @@ func Run(ctx context.Context, cfg Config) (*event.Stats, error) {
 	var statusEvents uint64
 	var ev event.Event
 	const poll = 50 * time.Millisecond
+	pending := false
 
 	collect := func(final bool) {
 		ps := pipe.Stats()
@@ -369,7 +370,11 @@ func Run(ctx context.Context, cfg Config) (*event.Stats, error) {
 		if !deadline.IsZero() && now.After(deadline) {
 			break
 		}
-		rec, err := reader.Read(now.Add(poll))
+		wait := poll
+		if pending {
+			wait = 0 // paths are due: only take what is already there
+		}
+		rec, err := reader.Read(now.Add(wait))
 		switch {
 		case err == nil:
 			stats.Events++
@@ -399,7 +404,7 @@ func Run(ctx context.Context, cfg Config) (*event.Stats, error) {
 		default:
 		}
 		now = time.Now()
-		pipe.Advance(Monotonic())
+		pending = pipe.Advance(Monotonic())
 		if cfg.StatsEvery > 0 && now.Sub(lastStats) >= cfg.StatsEvery {
 			lastStats = now
 			collect(false)

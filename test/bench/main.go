@@ -352,7 +352,7 @@ func median(xs []float64) float64 {
 // tracer is a running svctrace process.
 type tracer struct {
 	cmd    *exec.Cmd
-	stdout *bytes.Buffer
+	stdout *os.File // a file, not a pipe: the reader of a pipe could hold svctrace back
 	stderr *bytes.Buffer
 	start  time.Duration
 }
@@ -363,10 +363,15 @@ func (b *bench) startTracer(ctx context.Context, svc string, keepOutput bool, ex
 	ready := filepath.Join(b.manifests, "ready-"+strconv.FormatInt(time.Now().UnixNano(), 10))
 	args := append([]string{"--svc", svc, "--manifests", b.manifests, "--netns", b.node, "-o", "json",
 		"--ready-file", ready, "--stats-interval", "0"}, extra...)
-	t := &tracer{cmd: exec.CommandContext(ctx, b.o.bin, args...), stdout: &bytes.Buffer{}, stderr: &bytes.Buffer{}}
+	t := &tracer{cmd: exec.CommandContext(ctx, b.o.bin, args...), stderr: &bytes.Buffer{}}
 	t.cmd.Stdout, t.cmd.Stderr = io.Discard, t.stderr
 	if keepOutput {
-		t.cmd.Stdout = t.stdout
+		f, err := os.CreateTemp("", "svctrace-bench-out-")
+		if err != nil {
+			return nil, err
+		}
+		_ = os.Remove(f.Name())
+		t.stdout, t.cmd.Stdout = f, f
 	}
 	began := time.Now()
 	if err := t.cmd.Start(); err != nil {
@@ -499,7 +504,7 @@ func procStatus(pid int, field string) int64 {
 // eventRate offers a steady rate of traced UDP packets for o.seconds and
 // reads svctrace's final stats: events read, lost.
 func (b *bench) eventRate(ctx context.Context) (figure, error) {
-	extra := []string{"--per", "flow"}
+	extra := append([]string{"--per", "flow"}, strings.Fields(os.Getenv("SVCTRACE_BENCH_RATE_ARGS"))...)
 	if prof := os.Getenv("SVCTRACE_BENCH_CPUPROFILE"); prof != "" {
 		extra = append(extra, "--cpuprofile", prof)
 	}
@@ -535,6 +540,10 @@ func (b *bench) eventRate(ctx context.Context) (figure, error) {
 		return figure{}, err
 	}
 	var st event.Stats
+	defer t.stdout.Close()
+	if _, err := t.stdout.Seek(0, io.SeekStart); err != nil {
+		return figure{}, err
+	}
 	sc := bufio.NewScanner(t.stdout)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
