@@ -32,8 +32,6 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 #define IPPROTO_UDP_ 17
 #define IPPROTO_SCTP_ 132
 #define HDR_SNAP 64
-#define IPS_SRC_NAT_ (1 << 4)
-#define IPS_DST_NAT_ (1 << 5)
 
 // Event kinds. Keep in sync with pkg/event (Kind).
 enum event_kind {
@@ -179,6 +177,27 @@ struct {
 	__type(value, struct config);
 } config_map SEC(".maps");
 
+// A bit per hash of every filter key (and of every filter address): a
+// packet none of whose keys has its bit set is not the Service's, decided
+// with a few loads instead of hash-map lookups, which are what most of a
+// program's time went to on traffic of other Services. A set bit still
+// goes to the exact maps. Userspace computes the same hash (filter_hash in
+// internal/attach).
+#define FILTER_BITS_WORDS 1024 // 65536 bits
+struct filter_bits {
+	__u64 w[FILTER_BITS_WORDS];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct filter_bits);
+} filter_bits_map SEC(".maps");
+
+#define FILTER_ADDR_MARK_PORT 0xffff
+#define FILTER_ADDR_MARK_PROTO 0xff
+
 // The last traced packet a netfilter program saw on this CPU. A route
 // lookup that fails right after it, on the same CPU, in the same softirq,
 // is that packet's (IPVS looks up the real server before rewriting the
@@ -196,6 +215,28 @@ struct {
 } last_match_map SEC(".maps");
 
 #define LAST_MATCH_WINDOW_NS 200000
+
+// note_match records a traced packet seen on this CPU.
+static __always_inline void note_match(const void *skb, __u64 ts)
+{
+	__u32 zero = 0;
+	struct last_match *lm = bpf_map_lookup_elem(&last_match_map, &zero);
+	if (lm) {
+		lm->skb = (__u64)skb;
+		lm->ts = ts;
+	}
+}
+
+// recent_match returns the traced packet seen on this CPU within
+// LAST_MATCH_WINDOW_NS, or 0.
+static __always_inline __u64 recent_match(void)
+{
+	__u32 zero = 0;
+	struct last_match *lm = bpf_map_lookup_elem(&last_match_map, &zero);
+	if (lm && lm->skb && bpf_ktime_get_ns() - lm->ts <= LAST_MATCH_WINDOW_NS)
+		return lm->skb;
+	return 0;
+}
 
 // When this CPU last woke the ring buffer's reader (see ev_submit).
 struct {
@@ -285,26 +326,48 @@ static __always_inline void count(__u32 idx)
 		*v += 1;
 }
 
-static __always_inline int filter_one(__u32 addr, __u16 port, __u8 proto, struct config *cfg)
+static __always_inline __u32 filter_hash(__u32 addr, __u16 port, __u8 proto)
+{
+	__u64 x = ((__u64)addr << 32) | ((__u64)port << 8) | proto;
+	return (__u32)((x * 0x9E3779B97F4A7C15ULL) >> 48);
+}
+
+// maybe reports whether the key's bit is set (no bits map: always maybe).
+static __always_inline int maybe(const struct filter_bits *b, __u32 addr, __u16 port, __u8 proto)
+{
+	if (!b)
+		return 1;
+	__u32 h = filter_hash(addr, port, proto);
+	return (b->w[(h >> 6) & (FILTER_BITS_WORDS - 1)] >> (h & 63)) & 1;
+}
+
+static __always_inline const struct filter_bits *get_bits(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&filter_bits_map, &zero);
+}
+
+static __always_inline int filter_one(__u32 addr, __u16 port, __u8 proto, struct config *cfg,
+				      const struct filter_bits *b)
 {
 	struct filter_key k = {};
 
-	if (bpf_map_lookup_elem(&filter_addrs, &addr)) {
+	if (!port && !proto) {
 		// Flow lookups without L4 information (input route lookups carry
 		// no ports): the address alone decides.
-		if (!port && !proto)
-			return 1;
-		k.addr = addr;
-		k.port = port;
-		k.proto = proto;
-		if (bpf_map_lookup_elem(&filter, &k))
-			return 1;
-		k.port = 0;
-		k.proto = 0;
-		if (bpf_map_lookup_elem(&filter, &k))
-			return 1;
+		return maybe(b, addr, FILTER_ADDR_MARK_PORT, FILTER_ADDR_MARK_PROTO) &&
+		       bpf_map_lookup_elem(&filter_addrs, &addr);
 	}
-	if (cfg && cfg->any_addr_keys && port) {
+	k.addr = addr;
+	k.port = port;
+	k.proto = proto;
+	if (maybe(b, addr, port, proto) && bpf_map_lookup_elem(&filter, &k))
+		return 1;
+	k.port = 0;
+	k.proto = 0;
+	if (maybe(b, addr, 0, 0) && bpf_map_lookup_elem(&filter, &k))
+		return 1;
+	if (cfg && cfg->any_addr_keys && port && maybe(b, 0, port, proto)) {
 		k.addr = 0;
 		k.port = port;
 		k.proto = proto;
@@ -324,9 +387,10 @@ static __always_inline int match_tuple(const struct tuple *t, struct config *cfg
 {
 	if (cfg && cfg->trace_all)
 		return 1;
-	if (filter_one(t->daddr, t->dport, t->proto, cfg))
+	const struct filter_bits *b = get_bits();
+	if (filter_one(t->daddr, t->dport, t->proto, cfg, b))
 		return 1;
-	return filter_one(t->saddr, t->sport, t->proto, cfg);
+	return filter_one(t->saddr, t->sport, t->proto, cfg, b);
 }
 
 static __always_inline struct nf_conn *skb_ct(const struct sk_buff *skb, const int direct)
@@ -363,15 +427,12 @@ static __always_inline int read_ct(struct nf_conn *ct, struct event *e)
 }
 
 // Does the conntrack entry belong to the traced Service? The original tuple's
-// destination is the Service address even after DNAT. Only an entry that
-// did NAT can hide a Service address the packet itself no longer carries,
-// so others cost one read.
+// destination is the Service address even after DNAT. One read: for an
+// entry without NAT the original tuple is the packet's own (or its
+// reverse), which the filter's bits turn down at once.
 static __always_inline int match_ct(struct nf_conn *ct, struct config *cfg)
 {
 	if (!ct || !bpf_core_type_exists(struct nf_conn))
-		return 0;
-	unsigned long status = BPF_CORE_READ(ct, status);
-	if (!(status & (IPS_SRC_NAT_ | IPS_DST_NAT_)))
 		return 0;
 	struct nf_conntrack_tuple ot;
 	if (bpf_core_read(&ot, sizeof(ot), &ct->tuplehash[0].tuple))
@@ -581,6 +642,7 @@ static __always_inline struct event *skb_event(const struct sk_buff *skb, __u32 
 	struct event *e = ev_new(kind, source, with_task);
 	if (!e)
 		return 0;
+	note_match(skb, e->ts);
 	e->skb = (__u64)skb;
 	e->pkt = t;
 	e->mark = RD(direct, skb, mark);
@@ -611,12 +673,6 @@ static __always_inline int nf_common(struct bpf_nf_ctx *ctx, __u8 stage)
 		e->out_ifindex = out->ifindex;
 	e->route_ifindex = skb_route_ifindex(skb, 1);
 	e->netns = st->net->ns.inum;
-	__u32 zero = 0;
-	struct last_match *lm = bpf_map_lookup_elem(&last_match_map, &zero);
-	if (lm) {
-		lm->skb = (__u64)skb;
-		lm->ts = e->ts;
-	}
 	ev_submit(ctx, e);
 	return NF_ACCEPT; // never 0: that is NF_DROP
 }
@@ -698,12 +754,24 @@ static __always_inline void fib_fill(struct event *e, const struct flowi4 *flp,
 	}
 }
 
+// flow_match decides for a route lookup. Input lookups carry no transport
+// ports (unless fib rules need them): the address alone cannot tell the
+// Service's packets from other traffic to the same pod, so such a lookup is
+// traced only right after a traced packet on this CPU, whose lookup it is
+// (same softirq).
+static __always_inline int flow_match(const struct tuple *t)
+{
+	if (!t->proto && !t->sport && !t->dport && !recent_match())
+		return 0;
+	return match_tuple(t, get_config());
+}
+
 static __always_inline struct event *flow_event(const struct flowi4 *flp, __u32 kind, __u8 source,
 						const int direct)
 {
 	struct tuple t = {};
 	flow_tuple(flp, &t, direct);
-	if (!match_tuple(&t, get_config()))
+	if (!flow_match(&t))
 		return 0;
 	struct event *e = ev_new(kind, source, 1);
 	if (!e)
@@ -723,11 +791,7 @@ int BPF_PROG(tp_fib_table_lookup, u32 tb_id, const struct flowi4 *flp,
 		// A failed lookup right after a traced packet was seen on this CPU
 		// is that packet's (see last_match): tag it with the skb, and keep
 		// it even when the filter does not know its destination.
-		__u32 zero = 0;
-		struct last_match *lm = bpf_map_lookup_elem(&last_match_map, &zero);
-		__u64 skb = 0;
-		if (lm && lm->skb && bpf_ktime_get_ns() - lm->ts <= LAST_MATCH_WINDOW_NS)
-			skb = lm->skb;
+		__u64 skb = recent_match();
 		if (!e) {
 			if (!skb)
 				return 0;
@@ -840,6 +904,7 @@ static __always_inline void nat_manip(void *ctx, struct sk_buff *skb, struct nf_
 	struct event *e = ev_new(EV_NAT, source, 0);
 	if (!e)
 		return;
+	note_match(skb, e->ts);
 	e->skb = (__u64)skb;
 	e->pkt = t;
 	e->hook = mtype;
@@ -952,7 +1017,7 @@ int BPF_KPROBE(kp_fib_table_lookup, struct fib_table *tb, const struct flowi4 *f
 {
 	struct tuple t = {};
 	flow_tuple(flp, &t, 0);
-	if (!match_tuple(&t, get_config()))
+	if (!flow_match(&t))
 		return 0; // cheap: only traced flows pay for the map update
 	save_args(KFN_FIB_LOOKUP, (__u64)tb, (__u64)flp, (__u64)res, 0);
 	return 0;
@@ -1000,7 +1065,7 @@ int BPF_KPROBE(kp_route_output, struct net *net, struct flowi4 *fl4)
 {
 	struct tuple t = {};
 	flow_tuple(fl4, &t, 0);
-	if (!match_tuple(&t, get_config()))
+	if (!flow_match(&t))
 		return 0;
 	save_args(KFN_ROUTE_OUT, (__u64)net, (__u64)fl4, 0, 0);
 	return 0;

@@ -23,6 +23,45 @@ type FilterEntry struct {
 type filterState struct {
 	keys  map[bpfobj.SvctraceFilterKey]uint32
 	addrs map[uint32]bool
+	bits  *filterBits
+}
+
+// filterBits mirrors the kernel's filter_bits: a bit per hash of each
+// filter key and each filter address, tested before the exact maps.
+type filterBits [1024]uint64
+
+// The port and protocol that mark "this address is in filter_addrs".
+const (
+	addrMarkPort  = 0xffff
+	addrMarkProto = 0xff
+)
+
+// filterHash is bpf/svctrace.c's filter_hash: 16 bits of a multiplicative
+// hash of the key (addr in network byte order, as the kernel loads it).
+func filterHash(addr uint32, port uint16, proto uint8) uint32 {
+	x := uint64(addr)<<32 | uint64(port)<<8 | uint64(proto)
+	return uint32((x * 0x9E3779B97F4A7C15) >> 48)
+}
+
+func (b *filterBits) set(addr uint32, port uint16, proto uint8) {
+	h := filterHash(addr, port, proto)
+	b[(h>>6)%uint32(len(b))] |= 1 << (h & 63)
+}
+
+func (b *filterBits) has(addr uint32, port uint16, proto uint8) bool {
+	h := filterHash(addr, port, proto)
+	return b[(h>>6)%uint32(len(b))]&(1<<(h&63)) != 0
+}
+
+func newFilterBits(keys map[bpfobj.SvctraceFilterKey]uint32, addrs map[uint32]bool) *filterBits {
+	b := new(filterBits)
+	for k := range keys {
+		b.set(k.Addr, k.Port, k.Proto)
+	}
+	for a := range addrs {
+		b.set(a, addrMarkPort, addrMarkProto)
+	}
+	return b
 }
 
 func filterKey(e FilterEntry) (bpfobj.SvctraceFilterKey, error) {
@@ -60,8 +99,20 @@ func (p *Probes) SetFilter(entries []FilterEntry, traceAll bool) (skipped int, e
 			addrs[k.Addr] = true
 		}
 	}
-	fm, am, cm := p.shared["filter"], p.shared["filter_addrs"], p.shared["config_map"]
+	fm, am, cm, bm := p.shared["filter"], p.shared["filter_addrs"], p.shared["config_map"], p.shared["filter_bits_map"]
 	var errs []error
+	// The bits of the old and the new keys while the exact maps change, so
+	// that a key in both never looks absent; then the new keys' alone.
+	bits := newFilterBits(want, addrs)
+	both := *bits
+	if p.filter.bits != nil {
+		for i := range both {
+			both[i] |= p.filter.bits[i]
+		}
+	}
+	if err := bm.Put(uint32(0), both); err != nil {
+		errs = append(errs, fmt.Errorf("filter bits put: %w", err))
+	}
 	for k, role := range want {
 		if old, ok := p.filter.keys[k]; ok && old == role {
 			continue
@@ -102,7 +153,10 @@ func (p *Probes) SetFilter(entries []FilterEntry, traceAll bool) (skipped int, e
 	if err := cm.Put(uint32(0), cfg); err != nil {
 		errs = append(errs, fmt.Errorf("config put: %w", err))
 	}
-	p.filter = filterState{keys: want, addrs: addrs}
+	if err := bm.Put(uint32(0), *bits); err != nil {
+		errs = append(errs, fmt.Errorf("filter bits put: %w", err))
+	}
+	p.filter = filterState{keys: want, addrs: addrs, bits: bits}
 	return skipped, errors.Join(errs...)
 }
 

@@ -93,6 +93,11 @@ const (
 	SvctraceEventSourceSRC_FENTRY     SvctraceEventSource = 4
 )
 
+type SvctraceFilterBits struct {
+	_ structs.HostLayout
+	W [1024]uint64
+}
+
 type SvctraceFilterKey struct {
 	_     structs.HostLayout
 	Addr  uint32
@@ -147,6 +152,7 @@ const (
 	SvctraceMapEventsPerf            = "events_perf"
 	SvctraceMapFilter                = "filter"
 	SvctraceMapFilterAddrs           = "filter_addrs"
+	SvctraceMapFilterBitsMap         = "filter_bits_map"
 	SvctraceMapFlowSample            = "flow_sample"
 	SvctraceMapKargsMap              = "kargs_map"
 	SvctraceMapLastMatchMap          = "last_match_map"
@@ -277,17 +283,18 @@ type SvctraceProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SvctraceMapSpecs struct {
-	ConfigMap    *ebpf.MapSpec `ebpf:"config_map"`
-	Counters     *ebpf.MapSpec `ebpf:"counters"`
-	Events       *ebpf.MapSpec `ebpf:"events"`
-	EventsPerf   *ebpf.MapSpec `ebpf:"events_perf"`
-	Filter       *ebpf.MapSpec `ebpf:"filter"`
-	FilterAddrs  *ebpf.MapSpec `ebpf:"filter_addrs"`
-	FlowSample   *ebpf.MapSpec `ebpf:"flow_sample"`
-	KargsMap     *ebpf.MapSpec `ebpf:"kargs_map"`
-	LastMatchMap *ebpf.MapSpec `ebpf:"last_match_map"`
-	LastWakeup   *ebpf.MapSpec `ebpf:"last_wakeup"`
-	Scratch      *ebpf.MapSpec `ebpf:"scratch"`
+	ConfigMap     *ebpf.MapSpec `ebpf:"config_map"`
+	Counters      *ebpf.MapSpec `ebpf:"counters"`
+	Events        *ebpf.MapSpec `ebpf:"events"`
+	EventsPerf    *ebpf.MapSpec `ebpf:"events_perf"`
+	Filter        *ebpf.MapSpec `ebpf:"filter"`
+	FilterAddrs   *ebpf.MapSpec `ebpf:"filter_addrs"`
+	FilterBitsMap *ebpf.MapSpec `ebpf:"filter_bits_map"`
+	FlowSample    *ebpf.MapSpec `ebpf:"flow_sample"`
+	KargsMap      *ebpf.MapSpec `ebpf:"kargs_map"`
+	LastMatchMap  *ebpf.MapSpec `ebpf:"last_match_map"`
+	LastWakeup    *ebpf.MapSpec `ebpf:"last_wakeup"`
+	Scratch       *ebpf.MapSpec `ebpf:"scratch"`
 }
 
 // SvctraceVariableSpecs contains global variables before they are loaded into the kernel.
@@ -325,17 +332,18 @@ func (o *SvctraceObjects) Close() error {
 //
 // It can be passed to LoadSvctraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SvctraceMaps struct {
-	ConfigMap    *ebpf.Map `ebpf:"config_map"`
-	Counters     *ebpf.Map `ebpf:"counters"`
-	Events       *ebpf.Map `ebpf:"events"`
-	EventsPerf   *ebpf.Map `ebpf:"events_perf"`
-	Filter       *ebpf.Map `ebpf:"filter"`
-	FilterAddrs  *ebpf.Map `ebpf:"filter_addrs"`
-	FlowSample   *ebpf.Map `ebpf:"flow_sample"`
-	KargsMap     *ebpf.Map `ebpf:"kargs_map"`
-	LastMatchMap *ebpf.Map `ebpf:"last_match_map"`
-	LastWakeup   *ebpf.Map `ebpf:"last_wakeup"`
-	Scratch      *ebpf.Map `ebpf:"scratch"`
+	ConfigMap     *ebpf.Map `ebpf:"config_map"`
+	Counters      *ebpf.Map `ebpf:"counters"`
+	Events        *ebpf.Map `ebpf:"events"`
+	EventsPerf    *ebpf.Map `ebpf:"events_perf"`
+	Filter        *ebpf.Map `ebpf:"filter"`
+	FilterAddrs   *ebpf.Map `ebpf:"filter_addrs"`
+	FilterBitsMap *ebpf.Map `ebpf:"filter_bits_map"`
+	FlowSample    *ebpf.Map `ebpf:"flow_sample"`
+	KargsMap      *ebpf.Map `ebpf:"kargs_map"`
+	LastMatchMap  *ebpf.Map `ebpf:"last_match_map"`
+	LastWakeup    *ebpf.Map `ebpf:"last_wakeup"`
+	Scratch       *ebpf.Map `ebpf:"scratch"`
 }
 
 func (m *SvctraceMaps) Close() error {
@@ -346,6 +354,7 @@ func (m *SvctraceMaps) Close() error {
 		m.EventsPerf,
 		m.Filter,
 		m.FilterAddrs,
+		m.FilterBitsMap,
 		m.FlowSample,
 		m.KargsMap,
 		m.LastMatchMap,
