@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/debug"
 	"runtime/pprof"
 	"strings"
 	"time"
@@ -42,6 +43,7 @@ type traceOptions struct {
 	ringSize uint32
 	perFlow  uint32
 	cpuProf  string
+	memProf  string
 	kubeOptions
 	recordOptions
 }
@@ -71,6 +73,8 @@ func (o *traceOptions) addFlags(c *cobra.Command) {
 	_ = f.MarkHidden("ring-buffer-size")
 	f.StringVar(&o.cpuProf, "cpuprofile", "", "write a Go CPU profile of svctrace itself to this file (debugging)")
 	_ = f.MarkHidden("cpuprofile")
+	f.StringVar(&o.memProf, "memprofile", "", "write a Go heap profile of svctrace itself to this file at exit (debugging)")
+	_ = f.MarkHidden("memprofile")
 }
 
 func (o *traceOptions) complete(c *cobra.Command) error {
@@ -113,7 +117,16 @@ func (o *traceOptions) complete(c *cobra.Command) error {
 	return nil
 }
 
+// defaultMemoryLimit is the Go heap's soft limit while tracing unless
+// GOMEMLIMIT says otherwise: the collector works harder as the heap nears
+// it, instead of letting it double past what is live (see the README's
+// performance section).
+const defaultMemoryLimit = 64 << 20
+
 func (o *traceOptions) run(ctx context.Context) error {
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(defaultMemoryLimit)
+	}
 	if o.cpuProf != "" {
 		f, err := os.Create(o.cpuProf)
 		if err != nil {
@@ -124,6 +137,16 @@ func (o *traceOptions) run(ctx context.Context) error {
 			return fmt.Errorf("cpu profile: %w", err)
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if o.memProf != "" {
+		f, err := os.Create(o.memProf)
+		if err != nil {
+			return usageErr(fmt.Errorf("--memprofile: %w", err))
+		}
+		defer func() {
+			_ = pprof.Lookup("allocs").WriteTo(f, 0)
+			f.Close()
+		}()
 	}
 	var r render.Renderer
 	if o.output == "json" {

@@ -71,7 +71,8 @@ type Header struct {
 	// ClockOffset turns kernel timestamps (CLOCK_MONOTONIC ns) into Unix
 	// time in ns: wall = ts + clock_offset.
 	ClockOffset int64 `json:"clock_offset"`
-	// Idle is the correlator's packet completion delay in ns (0: default).
+	// Idle is the correlator's packet completion delay in ns. Recordings
+	// of svctrace versions that left it 0 were made with 100 ms.
 	Idle int64 `json:"idle_ns,omitempty"`
 	// Snaplen is how many bytes of each packet's header the events keep
 	// (0: the IPv4 and transport headers only, no payload).

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/svctrace/svctrace/internal/correlate"
 	"github.com/svctrace/svctrace/internal/meta"
 	"github.com/svctrace/svctrace/internal/pipeline"
 	"github.com/svctrace/svctrace/internal/tracer"
@@ -49,9 +50,6 @@ const DefaultFlushInterval = time.Second
 // passed it, ticks change nothing and are not recorded. It is larger than
 // needed on purpose; recording a few more ticks is harmless.
 const settleAfter = 2 * time.Second
-
-// defaultIdle is the correlator's default completion delay.
-const defaultIdle = 100 * time.Millisecond
 
 // queueLen is how many records may wait for the writer. When it is full
 // the tracer waits: a recording never leaves records out.
@@ -189,7 +187,7 @@ func (r *Recorder) Begin(info tracer.RunInfo) error {
 	}
 	idle := info.Idle
 	if idle <= 0 {
-		idle = defaultIdle
+		idle = correlate.DefaultIdle
 	}
 	r.settle = uint64(settleAfter + idle)
 	r.began = true

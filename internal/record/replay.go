@@ -85,9 +85,20 @@ func (h Header) RunInfo() tracer.RunInfo {
 	return tracer.RunInfo{
 		Version: h.Svctrace, Kernel: h.Kernel, Node: h.Node, NodeNetns: h.NodeNetns,
 		Namespace: h.Namespace, Service: h.Service, Backend: h.Backend, Start: h.Start,
-		ClockOffset: h.ClockOffset, Plan: h.Plan, Idle: time.Duration(h.Idle),
+		ClockOffset: h.ClockOffset, Plan: h.Plan, Idle: h.idle(),
 	}
 }
+
+// idle is the completion delay the live trace used.
+func (h Header) idle() time.Duration {
+	if h.Idle == 0 {
+		return legacyIdle
+	}
+	return time.Duration(h.Idle)
+}
+
+// legacyIdle is the completion delay of the versions that did not record it.
+const legacyIdle = 100 * time.Millisecond
 
 // Clock returns the clock that turns the recording's kernel times into wall time.
 func (h Header) Clock() render.Clock { return render.Clock{Offset: h.ClockOffset} }
@@ -217,7 +228,7 @@ func Replay(ctx context.Context, rd *Reader, cfg ReplayConfig) (*Summary, error)
 	pcfg := pipeline.Config{
 		Snap: snap, Service: svc, Node: hdr.Node, NodeNetns: hdr.NodeNetns, Devices: devices,
 		Renderer: cfg.Renderer, Events: cfg.Events, PerFlow: cfg.PerFlow, Count: cfg.Count,
-		Idle: time.Duration(hdr.Idle),
+		Idle: hdr.idle(),
 		OnPath: func(p *event.Path) {
 			sum.Paths++
 			sc := sum.Services[p.Service]

@@ -21,11 +21,13 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/svctrace/svctrace/internal/attach"
+	"github.com/svctrace/svctrace/internal/correlate"
 	"github.com/svctrace/svctrace/internal/decode"
 	"github.com/svctrace/svctrace/internal/enrich"
 	"github.com/svctrace/svctrace/internal/kernel"
 	"github.com/svctrace/svctrace/internal/meta"
 	"github.com/svctrace/svctrace/internal/pipeline"
+	"github.com/svctrace/svctrace/internal/procmem"
 	"github.com/svctrace/svctrace/internal/render"
 	"github.com/svctrace/svctrace/pkg/event"
 )
@@ -226,6 +228,7 @@ func Run(ctx context.Context, cfg Config) (*event.Stats, error) {
 	b, opts.BTF = nil, nil
 	runtime.GC()
 	debug.FreeOSMemory()
+	_, _ = procmem.TrimExecutable()
 	warn := cfg.Warn
 	if warn == nil {
 		warn = io.Discard
@@ -252,6 +255,9 @@ func Run(ctx context.Context, cfg Config) (*event.Stats, error) {
 		node = NodeOf(snap, cfg.Attach.NetnsPath)
 	}
 	clock := WallClock()
+	if cfg.Idle <= 0 {
+		cfg.Idle = correlate.DefaultIdle // recorded, so that replays use it too
+	}
 	info := RunInfo{Version: cfg.Version, Kernel: kernel.Release(), Node: node, NodeNetns: probes.NetnsInode(),
 		Namespace: svc.Namespace, Service: svc.Name, Backend: string(opts.Backend), Start: time.Now(),
 		ClockOffset: clock.Offset, Plan: probes.Plan(), Idle: cfg.Idle}
@@ -375,6 +381,11 @@ func Run(ctx context.Context, cfg Config) (*event.Stats, error) {
 			wait = 0 // paths are due: only take what is already there
 		}
 		rec, err := reader.Read(now.Add(wait))
+		// The pipeline's clock: while events are being read, the newest
+		// event's time (a reader that lags must not complete packets whose
+		// later events are still in the ring); once the ring is drained,
+		// the kernel's clock (so paths complete when traffic stops).
+		var clockNow uint64
 		switch {
 		case err == nil:
 			stats.Events++
@@ -386,7 +397,9 @@ func Run(ctx context.Context, cfg Config) (*event.Stats, error) {
 			if stats.Events%256 != 0 {
 				continue // amortise the clock work below
 			}
+			clockNow = ev.Time
 		case errors.Is(err, os.ErrDeadlineExceeded):
+			clockNow = Monotonic()
 		case errors.Is(err, attach.ErrReaderClosed):
 			return nil, fmt.Errorf("event reader closed unexpectedly: %w", err)
 		default:
@@ -404,7 +417,7 @@ func Run(ctx context.Context, cfg Config) (*event.Stats, error) {
 		default:
 		}
 		now = time.Now()
-		pending = pipe.Advance(Monotonic())
+		pending = pipe.Advance(clockNow)
 		if cfg.StatsEvery > 0 && now.Sub(lastStats) >= cfg.StatsEvery {
 			lastStats = now
 			collect(false)
