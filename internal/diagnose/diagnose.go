@@ -41,6 +41,28 @@ type Diagnoser struct {
 	cfg   Config
 	flows map[flowKey]string
 	order []flowKey
+	// healthy remembers, per flow judged ok, what its ok path looked like:
+	// a later path of the flow that looks the same under the same metadata
+	// is ok again without running the rules (most paths are such).
+	healthy map[flowKey]okShape
+	gen     uint64 // bumped with every metadata change
+}
+
+// okShape is what of a path the rules' answer depends on beyond the flow and
+// the metadata: where it ended, how it was rewritten.
+type okShape struct {
+	final   event.Tuple
+	outcome event.Outcome
+	reason  string
+	reply   bool
+	nat     int
+	ipvs    bool
+	gen     uint64
+}
+
+func shape(p *event.Path, gen uint64) okShape {
+	return okShape{final: p.Final, outcome: p.Result.Outcome, reason: p.Result.Reason + p.Result.DropReason,
+		reply: p.Reply, nat: len(p.NAT), ipvs: p.IPVS != nil, gen: gen}
 }
 
 type flowKey struct {
@@ -52,29 +74,40 @@ const maxFlows = 65536
 
 // New returns a Diagnoser.
 func New(cfg Config) *Diagnoser {
-	return &Diagnoser{cfg: cfg, flows: map[flowKey]string{}}
+	return &Diagnoser{cfg: cfg, flows: map[flowKey]string{}, healthy: map[flowKey]okShape{}}
 }
 
 // SetSnapshot replaces the metadata (the cluster changed while tracing).
 func (d *Diagnoser) SetSnapshot(snap *meta.Snapshot, svc *meta.Service) {
 	d.cfg.Snap, d.cfg.Service = snap, svc
+	d.gen++
 }
 
 // Path returns the verdict for p's flow, or nil when p adds nothing: a
 // later packet of a flow whose verdict is unchanged, a healthy reply, or
 // traffic that never went to the Service's addresses.
 func (d *Diagnoser) Path(p *event.Path) *event.Verdict {
+	k := key(p)
+	sh := shape(p, d.gen)
+	if prev, ok := d.healthy[k]; ok && prev == sh {
+		return nil // ok, as the last path of the flow that looked like this
+	}
 	v := d.judge(p)
 	if v == nil {
 		return nil
 	}
-	k := key(p)
+	if v.Verdict == event.VerdictOK {
+		d.healthy[k] = sh
+	} else {
+		delete(d.healthy, k)
+	}
 	if prev, ok := d.flows[k]; ok && prev == v.Verdict {
 		return nil
 	}
 	if _, ok := d.flows[k]; !ok {
 		if len(d.order) >= maxFlows {
 			delete(d.flows, d.order[0])
+			delete(d.healthy, d.order[0])
 			d.order = d.order[1:]
 		}
 		d.order = append(d.order, k)

@@ -47,11 +47,14 @@ func NewJSON(w io.Writer) Renderer {
 type jsonRenderer struct {
 	w   *bufio.Writer
 	enc *json.Encoder
+	buf []byte
 }
 
 func (j *jsonRenderer) Path(p *event.Path) error {
 	p.Type = "path"
-	return j.enc.Encode(p)
+	j.buf = appendPath(j.buf[:0], p)
+	_, err := j.w.Write(j.buf)
+	return err
 }
 
 func (j *jsonRenderer) Event(e *event.Event) error {
