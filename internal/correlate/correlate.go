@@ -29,7 +29,10 @@ type Options struct {
 	// with a packet's events at ~0.5 KB each, about 40-80 MB at the cap,
 	// which a traced rate of ~160,000 packets/s reaches (Idle 100 ms).
 	MaxPackets int
-	// MaxFlowEvents caps buffered route/connect events. Default 65536.
+	// MaxFlowEvents caps buffered route/connect events; the oldest go first
+	// (counted in Evicted). Default 16384: every traced packet's route
+	// lookup is one, kept FlowWindow for packets of its flow to claim, and
+	// at ~500 bytes each a larger cap was most of the heap under load.
 	MaxFlowEvents int
 	// NodeNetns is the inode of the node's network namespace: a packet
 	// first seen being sent from it was originated by the node.
@@ -104,7 +107,7 @@ func New(opts Options, emit func(*event.Path)) *Correlator {
 		opts.MaxPackets = 16384
 	}
 	if opts.MaxFlowEvents == 0 {
-		opts.MaxFlowEvents = 65536
+		opts.MaxFlowEvents = 16384
 	}
 	return &Correlator{opts: opts, packets: map[pktKey]*packet{}, byDst: map[netip.Addr][]*flowEvent{}, emit: emit}
 }

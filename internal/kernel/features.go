@@ -2,6 +2,7 @@ package kernel
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -115,12 +116,15 @@ func SymbolExists(name string) bool {
 }
 
 // Symbols resolves kernel addresses to symbol names from /proc/kallsyms. It
-// loads the table on first use.
+// loads the table on first use: the text symbols' addresses, and their
+// names back to back in one string (a kernel has ~100,000 of them: a string
+// each would cost several megabytes more).
 type Symbols struct {
 	once  sync.Once
 	err   error
 	addrs []uint64
-	names []string
+	ends  []uint32 // names[ends[i-1]:ends[i]] is symbol i's name
+	names string
 }
 
 // Lookup returns "symbol+0xoff" for addr, or "" if unknown.
@@ -140,7 +144,15 @@ func (s *Symbols) Lookup(addr uint64) string {
 	if off > 1<<20 {
 		return ""
 	}
-	return fmt.Sprintf("%s+0x%x", s.names[i], off)
+	return fmt.Sprintf("%s+0x%x", s.name(i), off)
+}
+
+func (s *Symbols) name(i int) string {
+	start := uint32(0)
+	if i > 0 {
+		start = s.ends[i-1]
+	}
+	return s.names[start:s.ends[i]]
 }
 
 func (s *Symbols) load() {
@@ -151,29 +163,39 @@ func (s *Symbols) load() {
 	}
 	defer f.Close()
 	type sym struct {
-		addr uint64
-		name string
+		addr       uint64
+		start, end uint32 // in names
 	}
 	var syms []sym
+	var names []byte
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 3 {
+		// ffffffff81000000 T _stext [module]
+		line := sc.Bytes()
+		a, rest, ok := bytes.Cut(line, []byte{' '})
+		if !ok || len(rest) < 3 || (rest[0] != 't' && rest[0] != 'T') || rest[1] != ' ' {
 			continue
 		}
-		if t := fields[1]; t != "t" && t != "T" {
+		name := rest[2:]
+		if k := bytes.IndexAny(name, " \t"); k >= 0 {
+			name = name[:k]
+		}
+		addr, err := strconv.ParseUint(string(a), 16, 64)
+		if err != nil || addr == 0 {
 			continue
 		}
-		a, err := strconv.ParseUint(fields[0], 16, 64)
-		if err != nil || a == 0 {
-			continue
-		}
-		syms = append(syms, sym{a, fields[2]})
+		syms = append(syms, sym{addr, uint32(len(names)), uint32(len(names) + len(name))})
+		names = append(names, name...)
 	}
 	sort.Slice(syms, func(i, j int) bool { return syms[i].addr < syms[j].addr })
+	// Lay the names out in address order, so that ends alone delimits them.
+	var sorted strings.Builder
+	sorted.Grow(len(names))
 	s.addrs = make([]uint64, len(syms))
-	s.names = make([]string, len(syms))
+	s.ends = make([]uint32, len(syms))
 	for i, x := range syms {
-		s.addrs[i], s.names[i] = x.addr, x.name
+		sorted.Write(names[x.start:x.end])
+		s.addrs[i], s.ends[i] = x.addr, uint32(sorted.Len())
 	}
+	s.names = sorted.String()
 }

@@ -3,6 +3,8 @@ package kernel
 import (
 	"errors"
 	"os"
+	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -80,4 +82,23 @@ func TestSymbols(t *testing.T) {
 	if !SymbolExists("fib_table_lookup") {
 		t.Error("fib_table_lookup not in kallsyms")
 	}
+	// A real address inside a function is named with its offset.
+	data, err := os.ReadFile("/proc/kallsyms")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 3 && f[2] == "fib_table_lookup" && (f[1] == "t" || f[1] == "T") {
+			addr, err := strconv.ParseUint(f[0], 16, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := s.Lookup(addr + 0x10); got != "fib_table_lookup+0x10" {
+				t.Errorf("Lookup(fib_table_lookup+0x10) = %q", got)
+			}
+			return
+		}
+	}
+	t.Error("fib_table_lookup has no text symbol in /proc/kallsyms")
 }

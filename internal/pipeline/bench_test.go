@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/svctrace/svctrace/internal/bpfobj"
+	"github.com/svctrace/svctrace/internal/correlate"
 	"github.com/svctrace/svctrace/internal/decode"
 	"github.com/svctrace/svctrace/internal/meta"
 	"github.com/svctrace/svctrace/internal/render"
@@ -115,8 +116,10 @@ func BenchmarkPipeline(b *testing.B) {
 		if err := dec.Decode(r, &ev); err != nil {
 			b.Fatal(err)
 		}
-		// Each lap over the records is a new round of packets: shift time.
-		ev.Time += uint64(n/len(recs)) * 100_000_000
+		// Each lap over the records is a new round of packets (the same skb
+		// addresses): shift time past the lap and the idle wait, so that the
+		// last lap's packets are complete, not continued.
+		ev.Time += uint64(n/len(recs)) * lapShift
 		p.Event(&ev)
 		n++
 		if n%1024 == 0 {
@@ -126,10 +129,16 @@ func BenchmarkPipeline(b *testing.B) {
 	p.Flush()
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
-	if st := p.Stats(); st.Paths == 0 {
-		b.Fatal("no paths")
+	// Every packet's path was built and rendered (8 events a packet): a
+	// benchmark that merged packets across laps would measure less work.
+	if st, want := p.Stats(), uint64(b.N/8); st.Paths < want*9/10 {
+		b.Fatalf("%d paths for %d events, want about %d", st.Paths, b.N, want)
 	}
 }
+
+// lapShift moves each lap over the benchmark's records past the previous
+// one: its span (4096 packets 10 µs apart) plus twice the idle wait.
+const lapShift = uint64(4096*10_000) + 2*uint64(correlate.DefaultIdle)
 
 // nopRenderer drops everything: BenchmarkPipelineNoEncode measures the
 // stages before rendering.
@@ -158,7 +167,7 @@ func BenchmarkPipelineNoEncode(b *testing.B) {
 		if err := dec.Decode(recs[n%len(recs)], &ev); err != nil {
 			b.Fatal(err)
 		}
-		ev.Time += uint64(n/len(recs)) * 100_000_000
+		ev.Time += uint64(n/len(recs)) * lapShift
 		p.Event(&ev)
 		n++
 		if n%1024 == 0 {

@@ -62,6 +62,8 @@ type options struct {
 	// bpfStats prints per-program run counts and cost of the last traced
 	// throughput run of each figure (kernel.bpf_stats_enabled).
 	bpfStats bool
+	// tracerArgs are added to every svctrace command line (e.g. "--backend kprobe").
+	tracerArgs string
 	// only, when set, names the figures to measure (see figureNames).
 	only map[string]bool
 }
@@ -76,10 +78,11 @@ func (o options) want(name string) bool { return len(o.only) == 0 || o.only[name
 func main() {
 	var o options
 	flag.StringVar(&o.bin, "bin", "", "svctrace binary (default: build one)")
-	flag.IntVar(&o.rounds, "rounds", 3, "A/B pairs per throughput figure")
+	flag.IntVar(&o.rounds, "rounds", 5, "A/B pairs per throughput figure")
 	flag.DurationVar(&o.stream, "stream", 2*time.Second, "length of one throughput run")
 	flag.IntVar(&o.rate, "rate", 9000, "UDP request/response exchanges/s offered in the event-rate run (each yields ~22 events: ~200,000 events/s)")
 	flag.IntVar(&o.seconds, "seconds", 10, "length of the event-rate run")
+	flag.StringVar(&o.tracerArgs, "tracer-args", "", "extra svctrace arguments for every run, e.g. \"--backend kprobe\" (in a VM kernel)")
 	flag.BoolVar(&o.bpfStats, "bpf-stats", false, "print each BPF program's runs and cost during the last traced run of each throughput figure")
 	only := flag.String("only", "", "comma-separated figures to measure, of "+strings.Join(figureNames(), ","))
 	flag.Parse()
@@ -191,7 +194,7 @@ func run(ctx context.Context, o options) error {
 		figs = append(figs, pipe)
 	}
 
-	fmt.Printf("\nsvctrace benchmarks (kernel %s, %d CPUs)\n\n", kernelRelease(), numCPU())
+	fmt.Printf("\nsvctrace benchmarks (kernel %s, %d CPUs%s)\n\n", kernelRelease(), numCPU(), strings.TrimRight(" "+o.tracerArgs, " "))
 	fmt.Printf("%-52s %-22s %-12s %-7s %s\n", "figure", "value", "budget", "ratio", "")
 	for _, f := range figs {
 		ok := "ok"
@@ -363,7 +366,8 @@ type tracer struct {
 func (b *bench) startTracer(ctx context.Context, svc string, keepOutput bool, extra ...string) (*tracer, error) {
 	ready := filepath.Join(b.manifests, "ready-"+strconv.FormatInt(time.Now().UnixNano(), 10))
 	args := append([]string{"--svc", svc, "--manifests", b.manifests, "--netns", b.node, "-o", "json",
-		"--ready-file", ready, "--stats-interval", "0"}, extra...)
+		"--ready-file", ready, "--stats-interval", "0"}, strings.Fields(b.o.tracerArgs)...)
+	args = append(args, extra...)
 	t := &tracer{cmd: exec.CommandContext(ctx, b.o.bin, args...), stderr: &bytes.Buffer{}}
 	t.cmd.Stdout, t.cmd.Stderr = io.Discard, t.stderr
 	if f := os.Getenv("SVCTRACE_BENCH_STDERR"); f != "" {
