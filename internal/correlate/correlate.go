@@ -85,6 +85,11 @@ type Correlator struct {
 	connect []*flowEvent                // the connect events among them
 	emit    func(*event.Path)
 	free    []*packet // completed packets, reused (their event storage)
+	// Scratch space of build and claimRoutes, reused from path to path.
+	netnses map[uint32]bool
+	tuples  []event.Tuple
+	dsts    []netip.Addr
+	cands   []*flowEvent
 	evicted uint64
 	dropped uint64 // flow events nobody claimed
 	now     uint64
@@ -109,7 +114,8 @@ func New(opts Options, emit func(*event.Path)) *Correlator {
 	if opts.MaxFlowEvents == 0 {
 		opts.MaxFlowEvents = 16384
 	}
-	return &Correlator{opts: opts, packets: map[pktKey]*packet{}, byDst: map[netip.Addr][]*flowEvent{}, emit: emit}
+	return &Correlator{opts: opts, packets: map[pktKey]*packet{}, byDst: map[netip.Addr][]*flowEvent{}, emit: emit,
+		netnses: map[uint32]bool{}}
 }
 
 // Evicted returns how many packets were completed early because of the cap.
@@ -429,9 +435,13 @@ func (c *Correlator) complete(p *packet) {
 		}
 		return 0
 	}
-	// Events of one packet come from one CPU at a time: almost always in order.
-	if !slices.IsSortedFunc(p.events, byTime) {
-		slices.SortStableFunc(p.events, byTime)
+	// Events of one packet come from one CPU at a time: almost always in
+	// order (checked by index: the comparator would copy each event twice).
+	for i := 1; i < len(p.events); i++ {
+		if p.events[i].Time < p.events[i-1].Time {
+			slices.SortStableFunc(p.events, byTime)
+			break
+		}
 	}
 	c.emit(c.build(p))
 	c.release(p)
@@ -448,7 +458,9 @@ func (c *Correlator) build(p *packet) *event.Path {
 		Original: first.Packet,
 		Final:    last.Packet,
 	}
-	netnses := map[uint32]bool{}
+	netnses := c.netnses
+	clear(netnses)
+	path.Steps = make([]event.Step, 0, len(evs))
 	var ct *event.Conntrack
 	for i := range evs {
 		e := &evs[i]
@@ -724,7 +736,8 @@ func natHook(evs []event.Event, i int) string {
 // destination (before or after NAT), compatible source, in the namespaces the
 // packet crossed, between FlowWindow before it and its end.
 func (c *Correlator) claimRoutes(path *event.Path, netnses map[uint32]bool) []event.RouteStep {
-	var tuples []event.Tuple
+	tuples := c.tuples[:0]
+	defer func() { c.tuples = tuples[:0] }()
 	add := func(t event.Tuple) {
 		if !t.IsZero() && !slices.Contains(tuples, t) {
 			tuples = append(tuples, t)
@@ -759,8 +772,11 @@ func (c *Correlator) claimRoutes(path *event.Path, netnses map[uint32]bool) []ev
 		}
 		return cands
 	}
-	var cands []*flowEvent
-	var dsts []netip.Addr
+	cands, dsts := c.cands[:0], c.dsts[:0]
+	defer func() {
+		clear(cands)
+		c.cands, c.dsts = cands[:0], dsts[:0]
+	}()
 	for _, t := range tuples {
 		if a := t.Dst.Addr(); !slices.Contains(dsts, a) {
 			dsts = append(dsts, a)
