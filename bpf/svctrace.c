@@ -215,6 +215,11 @@ struct {
 } last_match_map SEC(".maps");
 
 #define LAST_MATCH_WINDOW_NS 200000
+// An input route lookup without ports follows its packet's netfilter and
+// device events in the same softirq: microseconds on hardware, up to a few
+// milliseconds under software emulation (the VM matrix). A lookup of other
+// traffic this soon after a traced packet costs one unclaimed route event.
+#define FLOW_MATCH_WINDOW_NS 10000000
 
 // note_match records a traced packet seen on this CPU.
 static __always_inline void note_match(const void *skb, __u64 ts)
@@ -227,13 +232,13 @@ static __always_inline void note_match(const void *skb, __u64 ts)
 	}
 }
 
-// recent_match returns the traced packet seen on this CPU within
-// LAST_MATCH_WINDOW_NS, or 0.
-static __always_inline __u64 recent_match(void)
+// recent_match returns the traced packet seen on this CPU within window
+// ns, or 0.
+static __always_inline __u64 recent_match(__u64 window)
 {
 	__u32 zero = 0;
 	struct last_match *lm = bpf_map_lookup_elem(&last_match_map, &zero);
-	if (lm && lm->skb && bpf_ktime_get_ns() - lm->ts <= LAST_MATCH_WINDOW_NS)
+	if (lm && lm->skb && bpf_ktime_get_ns() - lm->ts <= window)
 		return lm->skb;
 	return 0;
 }
@@ -757,11 +762,11 @@ static __always_inline void fib_fill(struct event *e, const struct flowi4 *flp,
 // flow_match decides for a route lookup. Input lookups carry no transport
 // ports (unless fib rules need them): the address alone cannot tell the
 // Service's packets from other traffic to the same pod, so such a lookup is
-// traced only right after a traced packet on this CPU, whose lookup it is
-// (same softirq).
+// traced only soon (FLOW_MATCH_WINDOW_NS) after a traced packet on this
+// CPU, whose lookup it is (same softirq).
 static __always_inline int flow_match(const struct tuple *t)
 {
-	if (!t->proto && !t->sport && !t->dport && !recent_match())
+	if (!t->proto && !t->sport && !t->dport && !recent_match(FLOW_MATCH_WINDOW_NS))
 		return 0;
 	return match_tuple(t, get_config());
 }
@@ -791,7 +796,7 @@ int BPF_PROG(tp_fib_table_lookup, u32 tb_id, const struct flowi4 *flp,
 		// A failed lookup right after a traced packet was seen on this CPU
 		// is that packet's (see last_match): tag it with the skb, and keep
 		// it even when the filter does not know its destination.
-		__u64 skb = recent_match();
+		__u64 skb = recent_match(LAST_MATCH_WINDOW_NS);
 		if (!e) {
 			if (!skb)
 				return 0;
