@@ -214,7 +214,12 @@ struct {
 	__type(value, struct last_match);
 } last_match_map SEC(".maps");
 
-#define LAST_MATCH_WINDOW_NS 200000
+// A failed route lookup this soon after a traced packet on the same CPU is
+// tagged with that packet (the correlator still requires it within the
+// packet's lifetime). Microseconds on hardware; under software emulation
+// (the VM matrix) IPVS's lookup of a real server comes hundreds of
+// microseconds after the packet's last netfilter event.
+#define LAST_MATCH_WINDOW_NS 5000000
 // An input route lookup without ports follows its packet's netfilter and
 // device events in the same softirq: microseconds on hardware, up to a few
 // milliseconds under software emulation (the VM matrix). A lookup of other
@@ -763,20 +768,22 @@ static __always_inline void fib_fill(struct event *e, const struct flowi4 *flp,
 // ports (unless fib rules need them): the address alone cannot tell the
 // Service's packets from other traffic to the same pod, so such a lookup is
 // traced only soon (FLOW_MATCH_WINDOW_NS) after a traced packet on this
-// CPU, whose lookup it is (same softirq).
-static __always_inline int flow_match(const struct tuple *t)
+// CPU, whose lookup it is (same softirq). A failed lookup to one of the
+// Service's addresses is always traced: failures are rare, and the one that
+// matters (IPVS towards a real server gone) must not depend on timing.
+static __always_inline int flow_match(const struct tuple *t, int failed)
 {
-	if (!t->proto && !t->sport && !t->dport && !recent_match(FLOW_MATCH_WINDOW_NS))
+	if (!failed && !t->proto && !t->sport && !t->dport && !recent_match(FLOW_MATCH_WINDOW_NS))
 		return 0;
 	return match_tuple(t, get_config());
 }
 
 static __always_inline struct event *flow_event(const struct flowi4 *flp, __u32 kind, __u8 source,
-						const int direct)
+						int failed, const int direct)
 {
 	struct tuple t = {};
 	flow_tuple(flp, &t, direct);
-	if (!flow_match(&t))
+	if (!flow_match(&t, failed))
 		return 0;
 	struct event *e = ev_new(kind, source, 1);
 	if (!e)
@@ -789,7 +796,7 @@ SEC("tp_btf/fib_table_lookup")
 int BPF_PROG(tp_fib_table_lookup, u32 tb_id, const struct flowi4 *flp,
 	     const struct fib_nh_common *nhc, int err)
 {
-	struct event *e = flow_event(flp, EV_FIB, SRC_TRACEPOINT, 1);
+	struct event *e = flow_event(flp, EV_FIB, SRC_TRACEPOINT, err != 0, 1);
 	if (!e && !err)
 		return 0;
 	if (err) {
@@ -1003,7 +1010,7 @@ int BPF_PROG(fx_nat_setup_info, struct nf_conn *ct, void *range, int maniptype, 
 static __always_inline void fib_lookup_ret(void *ctx, struct fib_table *tb, const struct flowi4 *flp,
 					   struct fib_result *res, int ret, __u8 source)
 {
-	struct event *e = flow_event(flp, EV_FIB, source, 0);
+	struct event *e = flow_event(flp, EV_FIB, source, ret != 0, 0);
 	if (!e)
 		return;
 	struct fib_nh_common *nhc = 0;
@@ -1022,7 +1029,7 @@ int BPF_KPROBE(kp_fib_table_lookup, struct fib_table *tb, const struct flowi4 *f
 {
 	struct tuple t = {};
 	flow_tuple(flp, &t, 0);
-	if (!flow_match(&t))
+	if (!flow_match(&t, 1)) // the result is not known yet: the return decides
 		return 0; // cheap: only traced flows pay for the map update
 	save_args(KFN_FIB_LOOKUP, (__u64)tb, (__u64)flp, (__u64)res, 0);
 	return 0;
@@ -1052,7 +1059,7 @@ int BPF_PROG(fx_fib_table_lookup, struct fib_table *tb, const struct flowi4 *flp
 static __always_inline void route_out_ret(void *ctx, struct net *net, const struct flowi4 *fl4,
 					  struct rtable *rt, __u8 source)
 {
-	struct event *e = flow_event(fl4, EV_ROUTE_OUT, source, 0);
+	struct event *e = flow_event(fl4, EV_ROUTE_OUT, source, (unsigned long)rt >= (unsigned long)-4095, 0);
 	if (!e)
 		return;
 	e->netns = BPF_CORE_READ(net, ns.inum);
@@ -1070,7 +1077,7 @@ int BPF_KPROBE(kp_route_output, struct net *net, struct flowi4 *fl4)
 {
 	struct tuple t = {};
 	flow_tuple(fl4, &t, 0);
-	if (!flow_match(&t))
+	if (!flow_match(&t, 1)) // the result is not known yet: the return decides
 		return 0;
 	save_args(KFN_ROUTE_OUT, (__u64)net, (__u64)fl4, 0, 0);
 	return 0;

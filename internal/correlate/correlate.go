@@ -500,6 +500,13 @@ func (c *Correlator) build(p *packet) *event.Path {
 			path.Client = event.Endpoint{Addr: ct.Original.Src}
 		}
 	}
+	path.Entered = entered(first, c.opts.NodeNetns)
+	path.Routes = c.claimRoutes(path, netnses)
+	if path.IPVS == nil {
+		path.IPVS, path.NAT = ipvsFromStable(evs, path.Routes, path.NAT)
+	}
+	// After the IPVS inference: a real server IPVS could not route to is
+	// known only from it (and without its port: its route lookup has none).
 	if ct != nil && ct.DNATed() {
 		path.Backend = event.Endpoint{Addr: ct.Reply.Src}
 	} else if len(path.NAT) > 0 {
@@ -508,11 +515,6 @@ func (c *Correlator) build(p *packet) *event.Path {
 				path.Backend = event.Endpoint{Addr: n.After.Dst}
 			}
 		}
-	}
-	path.Entered = entered(first, c.opts.NodeNetns)
-	path.Routes = c.claimRoutes(path, netnses)
-	if path.IPVS == nil {
-		path.IPVS, path.NAT = ipvsFromStable(evs, path.Routes, path.NAT)
 	}
 	path.Result = result(evs)
 	return path

@@ -521,7 +521,11 @@ func TestKubeAPIRealKubeProxy(t *testing.T) {
 		t.Helper()
 		orig := tup(netip.AddrPortFrom(client, port), netip.AddrPortFrom(vip, 80), 6)
 		syn := out.find(t, orig)
-		if len(syn.NAT) == 0 || syn.NAT[0].Type != event.DNAT || syn.NAT[0].After.Dst != netip.AddrPortFrom(want, 9376) {
+		// A real server IPVS cannot route to is seen, by the stable backend,
+		// only in IPVS's route lookup, which carries no port.
+		unroutable := mode == lab.ProxyIPVS && backend() == "netfilter" && verdict == event.VerdictStaleBackend
+		if len(syn.NAT) == 0 || syn.NAT[0].Type != event.DNAT || (syn.NAT[0].After.Dst != netip.AddrPortFrom(want, 9376) &&
+			!(unroutable && syn.NAT[0].After.Dst == netip.AddrPortFrom(want, 0))) {
 			t.Errorf("port %d: NAT %+v, want DNAT to %s:9376", port, syn.NAT, want)
 		}
 		if !strings.HasPrefix(syn.Backend.Name, "pod default/"+pod) {
@@ -539,7 +543,8 @@ func TestKubeAPIRealKubeProxy(t *testing.T) {
 	check(40201, netip.MustParseAddr("10.244.1.5"), podA, event.VerdictOK)
 	check(40202, netip.MustParseAddr("10.244.1.6"), podB, event.VerdictOK)
 	_, stale := check(40203, netip.MustParseAddr("10.244.1.6"), podB, event.VerdictStaleBackend)
-	if stale.Evidence["dnat_target"] != "10.244.1.6:9376" || stale.Backend == nil ||
+	portless := mode == lab.ProxyIPVS && backend() == "netfilter" && stale.Evidence["dnat_target"] == "10.244.1.6:0"
+	if (stale.Evidence["dnat_target"] != "10.244.1.6:9376" && !portless) || stale.Backend == nil ||
 		!strings.Contains(stale.Backend.Status, "deleted") || !strings.Contains(stale.Backend.Status, "ago") {
 		t.Errorf("stale-backend evidence %v backend %+v: want the deleted pod as the DNAT target", stale.Evidence, stale.Backend)
 	}
