@@ -51,17 +51,17 @@ type Diagnoser struct {
 // okShape is what of a path the rules' answer depends on beyond the flow and
 // the metadata: where it ended, how it was rewritten.
 type okShape struct {
-	final   event.Tuple
-	outcome event.Outcome
-	reason  string
-	reply   bool
-	nat     int
-	ipvs    bool
-	gen     uint64
+	final              event.Tuple
+	outcome            event.Outcome
+	reason, dropReason string
+	reply              bool
+	nat                int
+	ipvs               bool
+	gen                uint64
 }
 
 func shape(p *event.Path, gen uint64) okShape {
-	return okShape{final: p.Final, outcome: p.Result.Outcome, reason: p.Result.Reason + p.Result.DropReason,
+	return okShape{final: p.Final, outcome: p.Result.Outcome, reason: p.Result.Reason, dropReason: p.Result.DropReason,
 		reply: p.Reply, nat: len(p.NAT), ipvs: p.IPVS != nil, gen: gen}
 }
 

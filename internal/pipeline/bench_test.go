@@ -98,22 +98,33 @@ func ptr[T any](v T) *T { return &v }
 // kernel record, correlate it into its packet's path, name it, diagnose it
 // and encode the path as JSON (budget: 1,000,000 events/s on one core).
 func BenchmarkPipeline(b *testing.B) {
+	p := runPipelineBench(b, render.NewJSON(io.Discard))
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
+	// Every packet's path was built and rendered (8 events a packet): a
+	// benchmark that merged packets across laps would measure less work.
+	if st, want := p.Stats(), uint64(b.N/8); st.Paths < want*9/10 {
+		b.Fatalf("%d paths for %d events, want about %d", st.Paths, b.N, want)
+	}
+}
+
+// runPipelineBench feeds b.N events of 4096 synthetic packets through a
+// pipeline rendering to r, and flushes it.
+func runPipelineBench(b *testing.B, r render.Renderer) *Pipeline {
 	const packets = 4096
 	var recs [][]byte
 	for i := 0; i < packets; i++ {
 		recs = append(recs, packetRecords(i)...)
 	}
 	snap, svc := benchSnapshot()
-	p := New(Config{Snap: snap, Service: svc, NodeNetns: 22, Devices: staticDevices{},
-		Renderer: render.NewJSON(io.Discard)})
+	p := New(Config{Snap: snap, Service: svc, NodeNetns: 22, Devices: staticDevices{}, Renderer: r})
 	dec := decode.New(decode.Options{})
 	var ev event.Event
 	b.ReportAllocs()
 	b.ResetTimer()
 	n := 0
 	for b.Loop() {
-		r := recs[n%len(recs)]
-		if err := dec.Decode(r, &ev); err != nil {
+		if err := dec.Decode(recs[n%len(recs)], &ev); err != nil {
 			b.Fatal(err)
 		}
 		// Each lap over the records is a new round of packets (the same skb
@@ -127,13 +138,7 @@ func BenchmarkPipeline(b *testing.B) {
 		}
 	}
 	p.Flush()
-	b.StopTimer()
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
-	// Every packet's path was built and rendered (8 events a packet): a
-	// benchmark that merged packets across laps would measure less work.
-	if st, want := p.Stats(), uint64(b.N/8); st.Paths < want*9/10 {
-		b.Fatalf("%d paths for %d events, want about %d", st.Paths, b.N, want)
-	}
+	return p
 }
 
 // lapShift moves each lap over the benchmark's records past the previous
@@ -152,28 +157,6 @@ func (nopRenderer) Record(any) error             { return nil }
 func (nopRenderer) Flush() error                 { return nil }
 
 func BenchmarkPipelineNoEncode(b *testing.B) {
-	const packets = 4096
-	var recs [][]byte
-	for i := 0; i < packets; i++ {
-		recs = append(recs, packetRecords(i)...)
-	}
-	snap, svc := benchSnapshot()
-	p := New(Config{Snap: snap, Service: svc, NodeNetns: 22, Devices: staticDevices{}, Renderer: nopRenderer{}})
-	dec := decode.New(decode.Options{})
-	var ev event.Event
-	b.ReportAllocs()
-	n := 0
-	for b.Loop() {
-		if err := dec.Decode(recs[n%len(recs)], &ev); err != nil {
-			b.Fatal(err)
-		}
-		ev.Time += uint64(n/len(recs)) * lapShift
-		p.Event(&ev)
-		n++
-		if n%1024 == 0 {
-			p.Advance(ev.Time)
-		}
-	}
-	p.Flush()
+	runPipelineBench(b, nopRenderer{})
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
 }

@@ -225,20 +225,26 @@ type output struct {
 // stop ends the trace with sig and parses its JSON lines.
 func (tr *trace) stop(t *testing.T, sig syscall.Signal) output {
 	t.Helper()
-	// Let the last packets' paths complete before stopping.
+	stopLaunched(t, tr.cmd, tr.done, sig, &tr.stderr)
+	return parse(t, tr.stdout.String())
+}
+
+// stopLaunched lets the last packets' paths complete, signals a process
+// started by launch and waits (up to 20 s) for it to exit cleanly.
+func stopLaunched(t *testing.T, cmd *exec.Cmd, done chan error, sig syscall.Signal, stderr fmt.Stringer) {
+	t.Helper()
 	time.Sleep(300 * time.Millisecond)
-	if err := tr.cmd.Process.Signal(sig); err != nil {
+	if err := cmd.Process.Signal(sig); err != nil {
 		t.Fatal(err)
 	}
 	select {
-	case err := <-tr.done:
+	case err := <-done:
 		if err != nil {
-			t.Fatalf("svctrace exited with %v; stderr: %s", err, tr.stderr.String())
+			t.Fatalf("svctrace exited with %v; stderr: %s", err, stderr.String())
 		}
 	case <-time.After(20 * time.Second):
-		t.Fatal("svctrace did not exit after the signal")
+		t.Fatalf("svctrace did not exit after %v", sig)
 	}
-	return parse(t, tr.stdout.String())
 }
 
 func parse(t *testing.T, s string) output {

@@ -114,18 +114,7 @@ func (tr *liveTrace) waitVerdict(t *testing.T, src netip.AddrPort) {
 
 func (tr *liveTrace) stop(t *testing.T) output {
 	t.Helper()
-	time.Sleep(300 * time.Millisecond) // let the last paths complete
-	if err := tr.cmd.Process.Signal(syscall.SIGINT); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-tr.done:
-		if err != nil {
-			t.Fatalf("svctrace exited with %v; stderr: %s", err, tr.stderr.String())
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("svctrace did not exit after SIGINT")
-	}
+	stopLaunched(t, tr.cmd, tr.done, syscall.SIGINT, &tr.stderr)
 	return parse(t, tr.stdout.String())
 }
 
