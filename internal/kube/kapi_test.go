@@ -91,6 +91,22 @@ func waitSnap(t *testing.T, src *kube.Source, what string, timeout time.Duration
 
 var svcPorts = []discoveryv1.EndpointPort{{Name: ptr("default"), Port: ptr[int32](9376), Protocol: ptr(corev1.ProtocolTCP)}}
 
+// startCluster starts the control plane with the test namespace and node1,
+// and returns it with an admin client.
+func startCluster(t *testing.T) (*kubetest.Server, kubernetes.Interface) {
+	t.Helper()
+	s := kubetest.StartForTest(t)
+	ctx := context.Background()
+	c := admin(t, s)
+	if err := kubetest.CreateNamespace(ctx, c, ns); err != nil {
+		t.Fatal(err)
+	}
+	if err := kubetest.CreateNode(ctx, c, "node1", "192.168.50.11", "10.244.1.0/24"); err != nil {
+		t.Fatal(err)
+	}
+	return s, c
+}
+
 func hostnames(t *testing.T, ctx context.Context, c kubernetes.Interface) *corev1.Service {
 	t.Helper()
 	svc, err := c.CoreV1().Services(ns).Create(ctx, &corev1.Service{
@@ -121,15 +137,8 @@ func backend(t *testing.T, ctx context.Context, c kubernetes.Interface, name, ip
 // TestRealAPIServer follows a Service through a backend replacement and an
 // API server outage.
 func TestRealAPIServer(t *testing.T) {
-	s := kubetest.StartForTest(t)
+	s, c := startCluster(t)
 	ctx := context.Background()
-	c := admin(t, s)
-	if err := kubetest.CreateNamespace(ctx, c, ns); err != nil {
-		t.Fatal(err)
-	}
-	if err := kubetest.CreateNode(ctx, c, "node1", "192.168.50.11", "10.244.1.0/24"); err != nil {
-		t.Fatal(err)
-	}
 	svc := hostnames(t, ctx, c)
 	podA := backend(t, ctx, c, "hostnames-dd4cc9dd9-aaaaa", "10.244.1.5")
 	sl, err := c.DiscoveryV1().EndpointSlices(ns).Create(ctx, kubetest.EndpointSlice(svc, "hostnames-abcde", svcPorts, podA), metav1.CreateOptions{})
@@ -264,15 +273,8 @@ func TestRealAPIServer(t *testing.T) {
 // then checks that its ServiceAccount can run the source and do nothing
 // else.
 func TestDeployManifests(t *testing.T) {
-	s := kubetest.StartForTest(t)
+	s, c := startCluster(t)
 	ctx := context.Background()
-	c := admin(t, s)
-	if err := kubetest.CreateNamespace(ctx, c, ns); err != nil {
-		t.Fatal(err)
-	}
-	if err := kubetest.CreateNode(ctx, c, "node1", "192.168.50.11", "10.244.1.0/24"); err != nil {
-		t.Fatal(err)
-	}
 	hostnames(t, ctx, c)
 	const sa = "system:serviceaccount:svctrace:svctrace"
 	asSA := rest.CopyConfig(s.RESTConfig())

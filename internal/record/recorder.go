@@ -108,6 +108,19 @@ type devState struct {
 	hasName, hasKind, hasPref bool
 }
 
+// merge takes the answers a device record carries.
+func (st *devState) merge(d *Device) {
+	if d.Name != nil {
+		st.name, st.hasName = *d.Name, true
+	}
+	if d.Kind != nil {
+		st.kind, st.hasKind = *d.Kind, true
+	}
+	if d.Prefixes != nil {
+		st.prefixes, st.hasPref = *d.Prefixes, true
+	}
+}
+
 // job is one record for the writer, or a request to flush.
 type job struct {
 	v     any            // the record to encode
@@ -398,15 +411,7 @@ func (w *writer) device(d *Device) {
 		w.devs[k] = st
 		w.devKeys = append(w.devKeys, k)
 	}
-	if d.Name != nil {
-		st.name, st.hasName = *d.Name, true
-	}
-	if d.Kind != nil {
-		st.kind, st.hasKind = *d.Kind, true
-	}
-	if d.Prefixes != nil {
-		st.prefixes, st.hasPref = *d.Prefixes, true
-	}
+	st.merge(d)
 }
 
 // rotate starts the next segment when the current one is full.

@@ -367,15 +367,7 @@ func (t *deviceTable) apply(d *Device) {
 		st = &devState{}
 		t.devs[k] = st
 	}
-	if d.Name != nil {
-		st.name, st.hasName = *d.Name, true
-	}
-	if d.Kind != nil {
-		st.kind, st.hasKind = *d.Kind, true
-	}
-	if d.Prefixes != nil {
-		st.prefixes, st.hasPref = *d.Prefixes, true
-	}
+	st.merge(d)
 }
 
 func (t *deviceTable) Device(netns, ifindex uint32) string {
