@@ -101,7 +101,9 @@ struct event {
 	__u8 source;    // enum event_source
 	__u8 stage;     // netfilter: 0 before NAT, 1 after NAT; NAT manip: conntrack direction
 	__u8 ct_valid;  // ct tuples below are valid
-	__u8 hdr_len;   // bytes valid in hdr
+	__u8 hdr_len;   // bytes valid in hdr (0: not asked for, see config.snap_hdr)
+	__u16 ipid;     // IPv4 identification (network byte order): tells packets of a flow apart
+	__u16 pad;
 	struct tuple pkt;
 	struct tuple ct_orig;
 	struct tuple ct_reply;
@@ -123,7 +125,7 @@ struct config {
 	__u32 trace_all;        // ignore the filter (debugging)
 	__u32 any_addr_keys;    // filter has entries with addr 0 (NodePorts)
 	__u32 packets_per_flow; // trace this many packets per flow direction, then only failures (0: every packet)
-	__u32 pad;
+	__u32 snap_hdr;         // copy packet headers into events (pcapng export, recordings)
 };
 
 // Static configuration, fixed at load time (the verifier prunes dead branches).
@@ -411,28 +413,51 @@ static __always_inline struct nf_conn *skb_ct(const struct sk_buff *skb, const i
 	return (struct nf_conn *)(nfct & ~7UL);
 }
 
+// The two tuples and the status word of a conntrack entry, as they lie in
+// struct nf_conn (adjacent in every kernel svctrace supports; checked
+// against the kernel's BTF below): one read instead of three.
+struct ct_core {
+	struct nf_conntrack_tuple_hash th[2];
+	unsigned long status;
+};
+
+static __always_inline void ct_fill(struct event *e, struct nf_conn *ct, const struct nf_conntrack_tuple *o,
+				    const struct nf_conntrack_tuple *r, __u32 status)
+{
+	e->ct = (__u64)ct;
+	e->ct_status = status;
+	e->ct_orig.saddr = o->src.u3.ip;
+	e->ct_orig.daddr = o->dst.u3.ip;
+	e->ct_orig.sport = bpf_ntohs(o->src.u.all);
+	e->ct_orig.dport = bpf_ntohs(o->dst.u.all);
+	e->ct_orig.proto = o->dst.protonum;
+	e->ct_reply.saddr = r->src.u3.ip;
+	e->ct_reply.daddr = r->dst.u3.ip;
+	e->ct_reply.sport = bpf_ntohs(r->src.u.all);
+	e->ct_reply.dport = bpf_ntohs(r->dst.u.all);
+	e->ct_reply.proto = r->dst.protonum;
+	e->ct_valid = 1;
+}
+
 // Reads the conntrack entry's tuples into e. Returns 0 when not readable.
 static __always_inline int read_ct(struct nf_conn *ct, struct event *e)
 {
 	if (!ct || !bpf_core_type_exists(struct nf_conn))
 		return 0;
+	if (bpf_core_type_size(struct nf_conntrack_tuple_hash) == sizeof(struct nf_conntrack_tuple_hash) &&
+	    bpf_core_field_offset(struct nf_conn, status) ==
+		    bpf_core_field_offset(struct nf_conn, tuplehash) + offsetof(struct ct_core, status)) {
+		struct ct_core c;
+		if (bpf_probe_read_kernel(&c, sizeof(c), (void *)ct + bpf_core_field_offset(struct nf_conn, tuplehash)))
+			return 0;
+		ct_fill(e, ct, &c.th[0].tuple, &c.th[1].tuple, (__u32)c.status);
+		return 1;
+	}
 	struct nf_conntrack_tuple o, r;
 	if (bpf_core_read(&o, sizeof(o), &ct->tuplehash[0].tuple) ||
 	    bpf_core_read(&r, sizeof(r), &ct->tuplehash[1].tuple))
 		return 0;
-	e->ct = (__u64)ct;
-	e->ct_status = (__u32)BPF_CORE_READ(ct, status);
-	e->ct_orig.saddr = o.src.u3.ip;
-	e->ct_orig.daddr = o.dst.u3.ip;
-	e->ct_orig.sport = bpf_ntohs(o.src.u.all);
-	e->ct_orig.dport = bpf_ntohs(o.dst.u.all);
-	e->ct_orig.proto = o.dst.protonum;
-	e->ct_reply.saddr = r.src.u3.ip;
-	e->ct_reply.daddr = r.dst.u3.ip;
-	e->ct_reply.sport = bpf_ntohs(r.src.u.all);
-	e->ct_reply.dport = bpf_ntohs(r.dst.u.all);
-	e->ct_reply.proto = r.dst.protonum;
-	e->ct_valid = 1;
+	ct_fill(e, ct, &o, &r, (__u32)BPF_CORE_READ(ct, status));
 	return 1;
 }
 
@@ -546,6 +571,9 @@ static __always_inline int sampled_out(const struct tuple *t, __u16 ipid, struct
 
 static __always_inline void snap_hdr(const struct pkt_loc *loc, struct event *e)
 {
+	struct config *cfg = get_config();
+	if (!cfg || !cfg->snap_hdr)
+		return; // a 64-byte read per event, for sinks that are not there
 	__u32 len = e->pkt.ip_len;
 
 	if (len > HDR_SNAP)
@@ -584,11 +612,21 @@ static __always_inline __u32 skb_route_ifindex(const struct sk_buff *skb, const 
 	return BPF_CORE_READ(dst, dev, ifindex);
 }
 
-// ev_new returns the per-CPU scratch event, zeroed and stamped.
+// ev_new returns a zeroed, stamped event: reserved in the ring buffer
+// (written in place: no copy), or the per-CPU scratch event for the perf
+// buffer. Every caller that gets one must pass it to ev_submit. A full ring
+// buffer is counted as a lost event here, before any work is done for it.
 static __always_inline struct event *ev_new(__u32 kind, __u8 source, int with_task)
 {
-	__u32 zero = 0;
-	struct event *e = bpf_map_lookup_elem(&scratch, &zero);
+	struct event *e;
+	if (use_perf) {
+		__u32 zero = 0;
+		e = bpf_map_lookup_elem(&scratch, &zero);
+	} else {
+		e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+		if (!e)
+			count(CNT_LOST);
+	}
 	if (!e)
 		return 0;
 	__builtin_memset(e, 0, sizeof(*e));
@@ -604,10 +642,9 @@ static __always_inline struct event *ev_new(__u32 kind, __u8 source, int with_ta
 
 static __always_inline void ev_submit(void *ctx, struct event *e)
 {
-	long err;
-
 	if (use_perf) {
-		err = bpf_perf_event_output(ctx, &events_perf, BPF_F_CURRENT_CPU, e, sizeof(*e));
+		long err = bpf_perf_event_output(ctx, &events_perf, BPF_F_CURRENT_CPU, e, sizeof(*e));
+		count(err ? CNT_LOST : CNT_EMITTED);
 	} else {
 		__u64 flags = 0;
 		if (wakeup_bytes) {
@@ -627,9 +664,9 @@ static __always_inline void ev_submit(void *ctx, struct event *e)
 				}
 			}
 		}
-		err = bpf_ringbuf_output(&events, e, sizeof(*e), flags);
+		bpf_ringbuf_submit(e, flags);
+		count(CNT_EMITTED);
 	}
-	count(err ? CNT_LOST : CNT_EMITTED);
 }
 
 // Common body for skb-carrying hooks: parse, filter (packet, then conntrack),
@@ -655,6 +692,7 @@ static __always_inline struct event *skb_event(const struct sk_buff *skb, __u32 
 	note_match(skb, e->ts);
 	e->skb = (__u64)skb;
 	e->pkt = t;
+	e->ipid = ipid;
 	e->mark = RD(direct, skb, mark);
 	read_ct(ct, e);
 	e->netns = skb_netns(skb, ct, direct);
@@ -919,6 +957,7 @@ static __always_inline void nat_manip(void *ctx, struct sk_buff *skb, struct nf_
 	note_match(skb, e->ts);
 	e->skb = (__u64)skb;
 	e->pkt = t;
+	e->ipid = ipid;
 	e->hook = mtype;
 	e->stage = dir;
 	e->mark = BPF_CORE_READ(skb, mark);
@@ -1243,6 +1282,7 @@ static __always_inline struct event *ipvs_event(__u32 kind, __u8 source)
 		e->pkt.dport = (__u16)(ports >> 16);
 		e->pkt.proto = (__u8)(ports >> 32);
 	} else {
+		e->ipid = ipid;
 		snap_hdr(&loc, e);
 	}
 	e->netns = skb_netns((struct sk_buff *)skb, 0, 0);

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -41,6 +42,12 @@ type Options struct {
 	// full, then only its SYN/FIN/RST packets and its failures (drops, ICMP
 	// errors). 0 traces every packet.
 	PacketsPerFlow uint32
+	// SkipHooks names hooks (see HookNames) not to attach: less detail in
+	// the paths, less work per packet.
+	SkipHooks []string
+	// Headers copies each traced packet's first 64 bytes into its event
+	// (pcapng export, recordings); without it the programs skip that read.
+	Headers bool
 	// BTF is the kernel's type information; loaded if nil.
 	BTF *kernel.BTF
 }
@@ -119,6 +126,11 @@ func Load(opts Options) (_ *Probes, err error) {
 	attached := map[string]string{}
 	for _, h := range hookTable() {
 		st := HookStatus{Hook: h.name, About: h.about}
+		if slices.Contains(opts.SkipHooks, h.name) {
+			st.Skipped = "left out (--skip-hooks)"
+			p.plan = append(p.plan, st)
+			continue
+		}
 		if h.module != "" && !kernel.ModuleLoaded(h.module) {
 			st.Skipped = "module " + h.module + " is not loaded"
 			p.plan = append(p.plan, st)

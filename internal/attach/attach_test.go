@@ -148,6 +148,40 @@ func TestAttachReleaseBackend(t *testing.T) {
 	}
 }
 
+// TestSkipHooks leaves hooks out as --skip-hooks asks: reported as left
+// out, and none of their programs attached.
+func TestSkipHooks(t *testing.T) {
+	testenv.RequireRoot(t)
+	before := ourLinks(t)
+	p, err := Load(Options{SkipHooks: []string{"devices", "drop"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	attached := 0
+	for _, st := range p.Plan() {
+		switch {
+		case st.Hook == "devices" || st.Hook == "drop":
+			if st.Impl != "" || st.Skipped != "left out (--skip-hooks)" {
+				t.Errorf("hook %s: impl %q, skipped %q; want it left out", st.Hook, st.Impl, st.Skipped)
+			}
+		case st.Impl != "":
+			attached++
+		}
+	}
+	if attached == 0 {
+		t.Errorf("no other hook attached: %+v", p.Plan())
+	}
+	for id, name := range ourLinks(t) {
+		if _, ok := before[id]; ok {
+			continue
+		}
+		if strings.Contains(name, "netif_receive") || strings.Contains(name, "net_dev_queue") || strings.Contains(name, "kfree_skb") {
+			t.Errorf("link %d runs %s of a hook left out", id, name)
+		}
+	}
+}
+
 func TestForcedBackendReportsSkips(t *testing.T) {
 	testenv.RequireRoot(t)
 	p, err := Load(Options{Backend: BackendKprobe, LoadOnly: true})

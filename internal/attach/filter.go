@@ -144,6 +144,9 @@ func (p *Probes) SetFilter(entries []FilterEntry, traceAll bool) (skipped int, e
 		}
 	}
 	cfg := bpfobj.SvctraceConfig{PacketsPerFlow: p.opts.PacketsPerFlow}
+	if p.opts.Headers {
+		cfg.SnapHdr = 1
+	}
 	if traceAll {
 		cfg.TraceAll = 1
 	}

@@ -141,6 +141,16 @@ const (
 	pFlow4 = "struct flowi4 *"
 )
 
+// HookNames lists the hooks svctrace knows, in attach order, with what
+// each one observes.
+func HookNames() [][2]string {
+	var names [][2]string
+	for _, h := range hookTable() {
+		names = append(names, [2]string{h.name, h.about})
+	}
+	return names
+}
+
 // hookTable lists every hook svctrace knows, with its implementations in the
 // order auto tries them.
 func hookTable() []hookDef {

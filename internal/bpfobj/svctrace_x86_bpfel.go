@@ -18,7 +18,7 @@ type SvctraceConfig struct {
 	TraceAll       uint32
 	AnyAddrKeys    uint32
 	PacketsPerFlow uint32
-	Pad            uint32
+	SnapHdr        uint32
 }
 
 type SvctraceCounterIdx uint32
@@ -55,6 +55,8 @@ type SvctraceEvent struct {
 	Stage        uint8
 	CtValid      uint8
 	HdrLen       uint8
+	Ipid         uint16
+	Pad          uint16
 	Pkt          SvctraceTuple
 	CtOrig       SvctraceTuple
 	CtReply      SvctraceTuple
@@ -62,6 +64,7 @@ type SvctraceEvent struct {
 	RsFlags      uint32
 	Comm         [16]int8
 	Hdr          [64]uint8
+	_            [4]byte
 }
 
 type SvctraceEventKind uint32

@@ -55,6 +55,7 @@ func TestUsageErrors(t *testing.T) {
 		{"bad flag", []string{"--nope"}, "unknown flag"},
 		{"unknown service", []string{"--svc", "hostname", "--manifests", mf}, "did you mean default/hostnames"},
 		{"headless", []string{"--svc", "headless", "--manifests", mf}, "no virtual IP"},
+		{"unknown hook", []string{"--svc", "hostnames", "--manifests", mf, "--skip-hooks", "devices,routes"}, `unknown hook "routes" (hooks: netfilter, nat`},
 		{"bad netns", []string{"--svc", "hostnames", "--manifests", mf, "--netns", "nope-does-not-exist"}, "--netns"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"runtime/debug"
 	"runtime/pprof"
+	"slices"
 	"strings"
 	"time"
 
@@ -42,6 +43,7 @@ type traceOptions struct {
 	notices  chan string // from the metadata source (API server lost / back)
 	ringSize uint32
 	perFlow  uint32
+	skip     []string
 	cpuProf  string
 	memProf  string
 	kubeOptions
@@ -68,6 +70,14 @@ func (o *traceOptions) addFlags(c *cobra.Command) {
 	f.StringVar(&o.node, "node", "", "the Node svctrace runs on (default: worked out from the node's addresses and the Node objects)")
 	f.StringVar(&o.per, "per", "packet", "one block per packet, or per flow (the first packet of each direction and every failed packet)")
 	f.Uint32Var(&o.perFlow, "packets-per-flow", 0, "trace this many packets of each flow direction in full, then only SYN/FIN/RST packets and failures (drops, ICMP errors); 0 traces every packet. Use it on busy Services")
+	f.StringSliceVar(&o.skip, "skip-hooks", nil, "hooks not to attach, comma-separated (see 'svctrace doctor' for the list): less detail, less overhead per packet. E.g. devices,route leaves the device and route-lookup steps out of the paths")
+	_ = c.RegisterFlagCompletionFunc("skip-hooks", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+		var names []string
+		for _, h := range attach.HookNames() {
+			names = append(names, h[0]+"\t"+h[1])
+		}
+		return names, cobra.ShellCompDirectiveNoFileComp
+	})
 	f.Uint32Var(&o.ringSize, "ring-buffer-size", 0, "ring buffer size in bytes (power of two, multiple of the page size; default 4 MiB)")
 	_ = f.MarkHidden("perf-buffer")
 	_ = f.MarkHidden("ring-buffer-size")
@@ -97,6 +107,9 @@ func (o *traceOptions) complete(c *cobra.Command) error {
 		return usageErr(err)
 	}
 	o.backendV = b
+	if err := checkHookNames(o.skip); err != nil {
+		return usageErr(err)
+	}
 	if err := o.completeKube(); err != nil {
 		return err
 	}
@@ -171,6 +184,7 @@ func (o *traceOptions) run(ctx context.Context) error {
 			PerfBuffer:     o.perf,
 			RingBufSize:    o.ringSize,
 			PacketsPerFlow: o.perFlow,
+			SkipHooks:      o.skip,
 			WakeupBytes:    64 << 10,
 		},
 		Duration:  o.duration,
@@ -197,4 +211,18 @@ func (o *traceOptions) run(ctx context.Context) error {
 	defer closeRecord()
 	_, err = tracer.Run(ctx, cfg)
 	return err
+}
+
+// checkHookNames refuses --skip-hooks names svctrace does not know.
+func checkHookNames(names []string) error {
+	var known []string
+	for _, h := range attach.HookNames() {
+		known = append(known, h[0])
+	}
+	for _, n := range names {
+		if !slices.Contains(known, n) {
+			return fmt.Errorf("--skip-hooks: unknown hook %q (hooks: %s)", n, strings.Join(known, ", "))
+		}
+	}
+	return nil
 }

@@ -80,7 +80,9 @@ type Correlator struct {
 	packets map[pktKey]*packet
 	order   []queued                    // by first event, for expiry, eviction and deterministic flushing
 	flows   []*flowEvent                // route/connect events, in time order
-	byDst   map[netip.Addr][]*flowEvent // the same, by destination, in time order
+	byDst   map[netip.Addr]*flowList // the same, by destination, in time order
+	// freeFlows are flow events expired or evicted, for reuse.
+	freeFlows []*flowEvent
 	failed  []*flowEvent                // the failed lookups among them
 	connect []*flowEvent                // the connect events among them
 	emit    func(*event.Path)
@@ -100,6 +102,15 @@ type flowEvent struct {
 	claimed bool
 }
 
+// flowList is the flow events towards one destination, in time order.
+// Packets claim them roughly in order: the first done are known to be
+// claimed, and a search for candidates starts past them (a busy flow's
+// destination has thousands of lookups in the window, nearly all claimed).
+type flowList struct {
+	evs  []*flowEvent
+	done int
+}
+
 // New returns a Correlator that calls emit for every completed path.
 func New(opts Options, emit func(*event.Path)) *Correlator {
 	if opts.Idle == 0 {
@@ -114,7 +125,7 @@ func New(opts Options, emit func(*event.Path)) *Correlator {
 	if opts.MaxFlowEvents == 0 {
 		opts.MaxFlowEvents = 16384
 	}
-	return &Correlator{opts: opts, packets: map[pktKey]*packet{}, byDst: map[netip.Addr][]*flowEvent{}, emit: emit,
+	return &Correlator{opts: opts, packets: map[pktKey]*packet{}, byDst: map[netip.Addr]*flowList{}, emit: emit,
 		netnses: map[uint32]bool{}}
 }
 
@@ -133,14 +144,34 @@ func (c *Correlator) Add(ev *event.Event) {
 	}
 	if isFlowKind(ev.Kind) || ev.SKB == 0 {
 		if len(c.flows) >= c.opts.MaxFlowEvents {
-			c.popFlow()
+			c.freeFlow(c.popFlow())
 			c.evicted++
 		}
-		f := &flowEvent{ev: *ev}
-		f.ev.Header = slices.Clone(ev.Header)
+		var f *flowEvent
+		if n := len(c.freeFlows); n > 0 {
+			f = c.freeFlows[n-1]
+			c.freeFlows = c.freeFlows[:n-1]
+		} else {
+			f = &flowEvent{}
+		}
+		hdr := f.ev.Header[:0]
+		f.ev, f.claimed = *ev, false
+		f.ev.Header = nil
+		if len(ev.Header) > 0 {
+			f.ev.Header = append(hdr, ev.Header...)
+		}
+		if ev.Conntrack != nil { // the decoder reuses its storage
+			ct := *ev.Conntrack
+			f.ev.Conntrack = &ct
+		}
 		c.flows = append(c.flows, f)
 		dst := f.ev.Packet.Dst.Addr()
-		c.byDst[dst] = append(c.byDst[dst], f)
+		l := c.byDst[dst]
+		if l == nil {
+			l = &flowList{}
+			c.byDst[dst] = l
+		}
+		l.evs = append(l.evs, f)
 		if f.ev.RouteError != 0 {
 			c.failed = append(c.failed, f)
 		}
@@ -305,15 +336,22 @@ func (c *Correlator) popFlow() *flowEvent {
 	c.flows[0] = nil
 	c.flows = c.flows[1:]
 	dst := f.ev.Packet.Dst.Addr()
-	if b := c.byDst[dst]; len(b) > 0 && b[0] == f {
-		b[0] = nil
-		if len(b) == 1 {
-			delete(c.byDst, dst)
-		} else {
-			c.byDst[dst] = b[1:]
+	if l := c.byDst[dst]; l != nil {
+		if len(l.evs) > 0 && l.evs[0] == f {
+			l.evs[0] = nil
+			l.evs = l.evs[1:]
+			if l.done > 0 {
+				l.done--
+			}
+			if len(l.evs) == 0 {
+				delete(c.byDst, dst)
+			}
+		} else if i := slices.Index(l.evs, f); i >= 0 {
+			l.evs = slices.Delete(l.evs, i, i+1)
+			if i < l.done {
+				l.done--
+			}
 		}
-	} else if i := slices.Index(b, f); i >= 0 {
-		c.byDst[dst] = slices.Delete(b, i, i+1)
 	}
 	if len(c.failed) > 0 && c.failed[0] == f {
 		c.failed[0] = nil
@@ -324,6 +362,14 @@ func (c *Correlator) popFlow() *flowEvent {
 		c.connect = c.connect[1:]
 	}
 	return f
+}
+
+// freeFlow keeps a popped flow event's storage for the next one (a few:
+// what a burst of lookups needs).
+func (c *Correlator) freeFlow(f *flowEvent) {
+	if len(c.freeFlows) < 4096 {
+		c.freeFlows = append(c.freeFlows, f)
+	}
 }
 
 // lookupLead is how long before a packet its route lookups can be: the
@@ -338,9 +384,12 @@ func (c *Correlator) expireFlows(now uint64) {
 		if now != ^uint64(0) && c.flows[0].ev.Time+horizon > now {
 			break
 		}
-		if f := c.popFlow(); !f.claimed {
+		f := c.popFlow()
+		if !f.claimed {
 			orphans = append(orphans, f.ev)
+			f.ev.Header = nil // the orphan keeps it
 		}
+		c.freeFlow(f)
 	}
 	c.orphans(orphans)
 }
@@ -763,10 +812,11 @@ func (c *Correlator) claimRoutes(path *event.Path, netnses map[uint32]bool) []ev
 	if l := uint64(lookupLead); path.Start > l {
 		lead = path.Start - l
 	}
-	within := func(list []*flowEvent, from uint64, cands []*flowEvent) []*flowEvent {
-		i, _ := slices.BinarySearchFunc(list, from, func(f *flowEvent, ts uint64) int {
+	within := func(list []*flowEvent, done int, from uint64, cands []*flowEvent) []*flowEvent {
+		i, _ := slices.BinarySearchFunc(list[done:], from, func(f *flowEvent, ts uint64) int {
 			return cmpU64(f.ev.Time, ts)
 		})
+		i += done
 		for ; i < len(list) && list[i].ev.Time <= path.End; i++ {
 			if !list[i].claimed {
 				cands = append(cands, list[i])
@@ -782,11 +832,16 @@ func (c *Correlator) claimRoutes(path *event.Path, netnses map[uint32]bool) []ev
 	for _, t := range tuples {
 		if a := t.Dst.Addr(); !slices.Contains(dsts, a) {
 			dsts = append(dsts, a)
-			cands = within(c.byDst[a], lead, cands)
+			if l := c.byDst[a]; l != nil {
+				for l.done < len(l.evs) && l.evs[l.done].claimed {
+					l.done++
+				}
+				cands = within(l.evs, l.done, lead, cands)
+			}
 		}
 	}
-	cands = within(c.connect, from, cands)
-	cands = within(c.failed, path.Start, cands)
+	cands = within(c.connect, 0, from, cands)
+	cands = within(c.failed, 0, path.Start, cands)
 	slices.SortStableFunc(cands, func(a, b *flowEvent) int { return cmpU64(a.ev.Time, b.ev.Time) })
 	var out []event.RouteStep
 	for _, f := range cands {

@@ -5,6 +5,7 @@
 package decode
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -76,7 +77,7 @@ func Convert(r *bpfobj.SvctraceEvent, ev *event.Event, opts Options) {
 		OutIfindex:   r.OutIfindex,
 		RouteIfindex: r.RouteIfindex,
 		PID:          r.Pid,
-		IPID:         uint16(r.Hdr[4])<<8 | uint16(r.Hdr[5]),
+		IPID:         binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&r.Ipid))[:]),
 	}
 	if r.Comm[0] != 0 {
 		ev.Comm = cString(r.Comm[:])

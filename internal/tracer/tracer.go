@@ -217,6 +217,7 @@ func Run(ctx context.Context, cfg Config) (*event.Stats, error) {
 		return nil, err
 	}
 	opts := cfg.Attach
+	opts.Headers = cfg.Headers
 	opts.BTF = b
 	probes, err := attach.Load(opts)
 	if err != nil {

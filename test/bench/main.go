@@ -26,6 +26,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"os/exec"
@@ -209,7 +210,12 @@ func run(ctx context.Context, o options) error {
 func ratioFigure(name string, r abResult, budget float64) figure {
 	return figure{name: name, value: fmt.Sprintf("%.1f%% (%.0f vs %.0f Mbit/s)", r.ratio*100, r.withMbps, r.withoutMbps),
 		budget: fmt.Sprintf(">= %.0f%%", budget*100), ratio: r.ratio / budget,
-		note: fmt.Sprintf("medians of %d interleaved runs each", len(r.with))}
+		note: fmt.Sprintf("medians of %d interleaved runs each; with %s, without %s Mbit/s; svctrace used %.0f%% of a CPU", len(r.with), spread(r.with), spread(r.without), median(r.cpu)*100)}
+}
+
+// spread is the range of xs, "min–max".
+func spread(xs []float64) string {
+	return fmt.Sprintf("%.0f–%.0f", slices.Min(xs), slices.Max(xs))
 }
 
 type bench struct {
@@ -219,7 +225,7 @@ type bench struct {
 	client    string
 	backend   string
 	manifests string
-	ln        net.Listener
+	server    *exec.Cmd // iperf3 --server in the backend pod
 }
 
 func newBench(ctx context.Context, l *lab.Lab, o options) (*bench, error) {
@@ -237,25 +243,15 @@ func newBench(ctx context.Context, l *lab.Lab, o options) (*bench, error) {
 		return nil, err
 	}
 	b.client, b.backend = lab.NetnsPath(cns), lab.NetnsPath(bns)
-	// A bulk sink in the backend pod, and a Service for it: kube-proxy-style
-	// DNAT of benchVIP:benchPort to it.
-	err = lab.InNetns(b.backend, func() error {
-		var err error
-		b.ln, err = net.Listen("tcp4", fmt.Sprintf(":%d", benchPort))
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("sink: %w", err)
+	// iperf3's server in the backend pod, and a Service for it:
+	// kube-proxy-style DNAT of benchVIP:benchPort to it.
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		return nil, errors.New("iperf3 is missing: make deps installs it")
 	}
-	go func() {
-		for {
-			c, err := b.ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { _, _ = io.Copy(io.Discard, c); c.Close() }()
-		}
-	}()
+	b.server = exec.CommandContext(ctx, "nsenter", "--net="+b.backend, "iperf3", "--server", "--port", strconv.Itoa(benchPort))
+	if err := b.server.Start(); err != nil {
+		return nil, fmt.Errorf("iperf3 server: %w", err)
+	}
 	backendIP := ""
 	for _, p := range l.Spec().Pods {
 		if p.Name == lab.HostnamesPod {
@@ -308,41 +304,54 @@ func newBench(ctx context.Context, l *lab.Lab, o options) (*bench, error) {
 }
 
 func (b *bench) close() {
-	if b.ln != nil {
-		b.ln.Close()
+	if b.server != nil && b.server.Process != nil {
+		_ = b.server.Process.Kill()
+		_ = b.server.Wait()
 	}
 	os.RemoveAll(b.manifests)
 }
 
-// stream sends bulk data from the client pod to the bench Service for
-// o.stream and returns Mbit/s.
+// stream runs one iperf3 TCP stream from the client pod to the bench
+// Service for o.stream and returns the receiver's Mbit/s. (iperf3 rather
+// than a Go client and sink in this process: measured, the run-to-run
+// spread of the untraced figure was ±15% with the Go pair, ±3% with iperf3.)
 func (b *bench) stream() (float64, error) {
-	var c net.Conn
-	err := lab.InNetns(b.client, func() error {
-		var err error
-		c, err = net.DialTimeout("tcp4", net.JoinHostPort(benchVIP, strconv.Itoa(benchPort)), 2*time.Second)
-		return err
-	})
-	if err != nil {
-		return 0, fmt.Errorf("dial bench service: %w", err)
-	}
-	defer c.Close()
-	buf := make([]byte, 128<<10)
-	var n int64
-	start := time.Now()
-	deadline := start.Add(b.o.stream)
-	for time.Now().Before(deadline) {
-		m, err := c.Write(buf)
-		n += int64(m)
-		if err != nil {
-			return 0, err
+	secs := int(math.Ceil(b.o.stream.Seconds()))
+	var out []byte
+	var err error
+	for attempt := 0; attempt < 20; attempt++ {
+		// The server takes a moment to listen, and serves one test at a time.
+		out, err = exec.Command("nsenter", "--net="+b.client, "iperf3", "--client", benchVIP, "--port", strconv.Itoa(benchPort),
+			"--time", strconv.Itoa(secs), "--json").Output()
+		if err == nil {
+			break
 		}
+		time.Sleep(100 * time.Millisecond)
 	}
-	return float64(n) * 8 / time.Since(start).Seconds() / 1e6, nil
+	if err != nil {
+		return 0, fmt.Errorf("iperf3 client: %v: %s", err, out)
+	}
+	var res struct {
+		End struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil {
+		return 0, fmt.Errorf("iperf3 output: %w", err)
+	}
+	if res.Error != "" || res.End.SumReceived.BitsPerSecond == 0 {
+		return 0, fmt.Errorf("iperf3: %s", res.Error)
+	}
+	return res.End.SumReceived.BitsPerSecond / 1e6, nil
 }
 
 type abResult struct {
-	with, without         []float64
+	with, without []float64
+	// cpu is svctrace's CPU use (user+system, in CPUs) during each traced run.
+	cpu                   []float64
 	withMbps, withoutMbps float64
 	ratio                 float64
 }
@@ -358,6 +367,7 @@ type tracer struct {
 	cmd    *exec.Cmd
 	stdout *os.File // a file, not a pipe: the reader of a pipe could hold svctrace back
 	stderr *bytes.Buffer
+	diag   *os.File // SVCTRACE_BENCH_STDERR, when set
 	start  time.Duration
 }
 
@@ -376,7 +386,7 @@ func (b *bench) startTracer(ctx context.Context, svc string, keepOutput bool, ex
 		if err != nil {
 			return nil, err
 		}
-		defer w.Close()
+		t.diag = w // open until the tracer has exited (svctrace writes to it until then)
 		t.cmd.Stderr = io.MultiWriter(t.stderr, w)
 	}
 	if keepOutput {
@@ -407,6 +417,9 @@ func (b *bench) startTracer(ctx context.Context, svc string, keepOutput bool, ex
 func (t *tracer) stop() error {
 	_ = t.cmd.Process.Signal(syscall.SIGINT)
 	err := t.cmd.Wait()
+	if t.diag != nil {
+		t.diag.Close()
+	}
 	if err != nil {
 		return fmt.Errorf("svctrace: %v: %s", err, t.stderr)
 	}
@@ -426,7 +439,12 @@ func (b *bench) throughputAB(ctx context.Context, svc string, extra ...string) (
 			return r, err
 		}
 		r.without = append(r.without, a)
-		t, err := b.startTracer(ctx, svc, false, extra...)
+		args := extra
+		if prof := os.Getenv("SVCTRACE_BENCH_CPUPROFILE"); prof != "" && i == b.o.rounds-1 {
+			// The last traced run's CPU profile (the event-rate run writes its own after it).
+			args = append(append([]string(nil), extra...), "--cpuprofile", prof)
+		}
+		t, err := b.startTracer(ctx, svc, false, args...)
 		if err != nil {
 			return r, err
 		}
@@ -442,7 +460,9 @@ func (b *bench) throughputAB(ctx context.Context, svc string, extra ...string) (
 			}
 		}
 		began := time.Now()
+		cpu0 := procCPU(t.cmd.Process.Pid)
 		w, err := b.stream()
+		r.cpu = append(r.cpu, (procCPU(t.cmd.Process.Pid)-cpu0).Seconds()/time.Since(began).Seconds())
 		if before != nil && err == nil {
 			after, serr := bpfStats(t.cmd.Process.Pid)
 			if serr != nil {
@@ -513,6 +533,26 @@ func (b *bench) startupAndRSS(ctx context.Context) (start time.Duration, m memor
 		}
 	}
 	return time.Duration(median(starts)), m, nil
+}
+
+// procCPU is the user+system CPU time process pid has used.
+func procCPU(pid int) time.Duration {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name (which may hold spaces) in parentheses.
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(data[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)        // utime, field 14
+	st, _ := strconv.ParseInt(f[12], 10, 64)        // stime, field 15
+	return time.Duration(ut+st) * time.Second / 100 // USER_HZ
 }
 
 // procStatus reads a size field ("VmRSS:", "VmHWM:") of /proc/PID/status in bytes.
