@@ -78,15 +78,15 @@ const DefaultIdle = 25 * time.Millisecond
 type Correlator struct {
 	opts    Options
 	packets map[pktKey]*packet
-	order   []queued                    // by first event, for expiry, eviction and deterministic flushing
-	flows   []*flowEvent                // route/connect events, in time order
+	order   []queued                 // by first event, for expiry, eviction and deterministic flushing
+	flows   []*flowEvent             // route/connect events, in time order
 	byDst   map[netip.Addr]*flowList // the same, by destination, in time order
 	// freeFlows are flow events expired or evicted, for reuse.
 	freeFlows []*flowEvent
-	failed  []*flowEvent                // the failed lookups among them
-	connect []*flowEvent                // the connect events among them
-	emit    func(*event.Path)
-	free    []*packet // completed packets, reused (their event storage)
+	failed    []*flowEvent // the failed lookups among them
+	connect   []*flowEvent // the connect events among them
+	emit      func(*event.Path)
+	free      []*packet // completed packets, reused (their event storage)
 	// Scratch space of build and claimRoutes, reused from path to path.
 	netnses map[uint32]bool
 	tuples  []event.Tuple
