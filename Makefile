@@ -64,7 +64,8 @@ FUZZTIME ?= 10s
 fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzReader -fuzztime=$(FUZZTIME) ./internal/record/
 
-bench:
+# Performance budgets on this machine (root; iperf3 comes with deps).
+bench: deps
 	$(GO) run ./test/bench
 
 clean:

@@ -2,9 +2,10 @@
 // one run, and prints each figure with its budget and ratio:
 //
 //   - kernel overhead on traffic of another Service (tracing attached,
-//     nothing of it traced): single-stream TCP throughput through iptables
-//     DNAT between network namespaces, with/without svctrace, interleaved
-//     A/B/A/B, medians; budget >= 97%;
+//     nothing of it traced): single-stream TCP throughput (iperf3, from the
+//     client pod to a Service DNATed by iptables to iperf3's server in the
+//     backend pod) with/without svctrace, interleaved A/B/A/B, medians, with
+//     the spread of each side and svctrace's own CPU use; budget >= 97%;
 //   - kernel overhead on the traced Service's own traffic (every packet
 //     traced): budget >= 85%;
 //   - start-up to every probe attached: budget < 1 s; RSS while tracing:
