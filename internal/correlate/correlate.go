@@ -62,6 +62,10 @@ type queued struct {
 // live reports whether q still stands for an open packet.
 func live(q queued) bool { return q.p.gen == q.gen }
 
+// maxFreePackets bounds the completed packets kept for reuse: their event
+// storage (~6 KB each) is scanned by every garbage collection, used or not.
+const maxFreePackets = 256
+
 // maxCompletePerAdvance bounds the paths one Advance completes, so that a
 // backlog (a reader catching up, a burst) is worked off between reads
 // instead of stalling them.
@@ -143,9 +147,14 @@ func (c *Correlator) Add(ev *event.Event) {
 		c.now = ev.Time
 	}
 	if isFlowKind(ev.Kind) || ev.SKB == 0 {
-		if len(c.flows) >= c.opts.MaxFlowEvents {
+		// Claimed lookups are done with: they go first, uncounted.
+		for len(c.flows) > 0 && c.flows[0].claimed {
 			c.freeFlow(c.popFlow())
-			c.evicted++
+		}
+		if len(c.flows) >= c.opts.MaxFlowEvents {
+			f := c.popFlow()
+			c.evicted++ // unclaimed: no packet will have it
+			c.freeFlow(f)
 		}
 		var f *flowEvent
 		if n := len(c.freeFlows); n > 0 {
@@ -252,8 +261,10 @@ func (c *Correlator) newPacket(k pktKey) *packet {
 		return p
 	}
 	// A packet crossing a node (pod to pod through the node's netfilter)
-	// meets about nine hooks.
-	return &packet{key: k, events: make([]event.Event, 0, 10)}
+	// meets eleven hooks: the pod's device out, the node's device in,
+	// netfilter five times, two route lookups, the node's device out, the
+	// pod's device in.
+	return &packet{key: k, events: make([]event.Event, 0, 12)}
 }
 
 // release returns a completed packet's storage to the free list.
@@ -264,7 +275,7 @@ func (c *Correlator) release(p *packet) {
 	p.hdrs = nil
 	clear(p.events)
 	p.events = p.events[:0]
-	if len(c.free) < 1024 {
+	if len(c.free) < maxFreePackets {
 		c.free = append(c.free, p)
 	}
 }
@@ -381,7 +392,8 @@ func (c *Correlator) expireFlows(now uint64) {
 	horizon := uint64(c.opts.FlowWindow + c.opts.Idle)
 	var orphans []event.Event
 	for len(c.flows) > 0 {
-		if now != ^uint64(0) && c.flows[0].ev.Time+horizon > now {
+		// Claimed flow events are done with whatever their age.
+		if f := c.flows[0]; !f.claimed && now != ^uint64(0) && f.ev.Time+horizon > now {
 			break
 		}
 		f := c.popFlow()

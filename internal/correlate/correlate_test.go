@@ -214,3 +214,43 @@ func TestEvictionCap(t *testing.T) {
 		t.Fatalf("after flush %d paths", len(paths))
 	}
 }
+
+// TestClaimedLookupsLeaveFirst: a busy flow's route lookups, claimed by its
+// packets, make room for new ones without counting as evictions.
+func TestClaimedLookupsLeaveFirst(t *testing.T) {
+	var paths []*event.Path
+	c := New(Options{MaxFlowEvents: 8}, func(p *event.Path) { paths = append(paths, p) })
+	for i := 0; i < 100; i++ {
+		ts := uint64(1_000_000 * (i + 1))
+		fib := event.Event{Time: ts, Kind: event.KindFIB, Netns: 1, Table: 254,
+			Packet: event.Tuple{Src: ap("10.0.0.1:1000"), Dst: ap("10.1.0.5:80"), Proto: 6}}
+		c.Add(&fib)
+		pre := nf(ts+100, uint64(100+i), event.HookPreRouting, false, "10.0.0.1:1000", "10.96.0.10:80")
+		post := nf(ts+200, uint64(100+i), event.HookPreRouting, true, "10.0.0.1:1000", "10.1.0.5:80")
+		c.Add(&pre)
+		c.Add(&post)
+		c.Advance(ts + 200 + uint64(DefaultIdle))
+	}
+	c.Flush()
+	if c.Evicted() != 0 {
+		t.Errorf("%d evicted; claimed lookups should leave without counting", c.Evicted())
+	}
+	if len(paths) != 100 {
+		t.Fatalf("%d paths, want 100", len(paths))
+	}
+	for i, p := range paths {
+		if len(p.Routes) != 1 {
+			t.Fatalf("path %d has %d routes, want its own lookup", i, len(p.Routes))
+		}
+	}
+	// Unclaimed lookups beyond the cap are evictions.
+	c = New(Options{MaxFlowEvents: 8}, func(*event.Path) {})
+	for i := 0; i < 20; i++ {
+		fib := event.Event{Time: uint64(1000 + i), Kind: event.KindFIB, Netns: 1, Table: 254,
+			Packet: event.Tuple{Src: ap("10.0.0.1:1000"), Dst: ap("10.1.0.5:80"), Proto: 6}}
+		c.Add(&fib)
+	}
+	if c.Evicted() != 12 {
+		t.Errorf("%d evicted, want 12", c.Evicted())
+	}
+}
