@@ -102,7 +102,7 @@ struct event {
 	__u8 stage;     // netfilter: 0 before NAT, 1 after NAT; NAT manip: conntrack direction
 	__u8 ct_valid;  // ct tuples below are valid
 	__u8 hdr_len;   // bytes valid in hdr (0: not asked for, see config.snap_hdr)
-	__u16 ipid;     // IPv4 identification (network byte order): tells packets of a flow apart
+	__u16 ipid;     // IPv4 identification (host byte order): tells packets of a flow apart
 	__u16 pad;
 	struct tuple pkt;
 	struct tuple ct_orig;
@@ -569,9 +569,8 @@ static __always_inline int sampled_out(const struct tuple *t, __u16 ipid, struct
 	return 1;
 }
 
-static __always_inline void snap_hdr(const struct pkt_loc *loc, struct event *e)
+static __always_inline void snap_hdr(const struct pkt_loc *loc, struct event *e, const struct config *cfg)
 {
-	struct config *cfg = get_config();
 	if (!cfg || !cfg->snap_hdr)
 		return; // a 64-byte read per event, for sinks that are not there
 	__u32 len = e->pkt.ip_len;
@@ -692,11 +691,11 @@ static __always_inline struct event *skb_event(const struct sk_buff *skb, __u32 
 	note_match(skb, e->ts);
 	e->skb = (__u64)skb;
 	e->pkt = t;
-	e->ipid = ipid;
+	e->ipid = bpf_ntohs(ipid);
 	e->mark = RD(direct, skb, mark);
 	read_ct(ct, e);
 	e->netns = skb_netns(skb, ct, direct);
-	snap_hdr(&loc, e);
+	snap_hdr(&loc, e, cfg);
 	return e;
 }
 
@@ -957,7 +956,7 @@ static __always_inline void nat_manip(void *ctx, struct sk_buff *skb, struct nf_
 	note_match(skb, e->ts);
 	e->skb = (__u64)skb;
 	e->pkt = t;
-	e->ipid = ipid;
+	e->ipid = bpf_ntohs(ipid);
 	e->hook = mtype;
 	e->stage = dir;
 	e->mark = BPF_CORE_READ(skb, mark);
@@ -966,7 +965,7 @@ static __always_inline void nat_manip(void *ctx, struct sk_buff *skb, struct nf_
 	struct net_device *dev = BPF_CORE_READ(skb, dev);
 	if (dev)
 		e->ifindex = BPF_CORE_READ(dev, ifindex);
-	snap_hdr(&loc, e);
+	snap_hdr(&loc, e, cfg);
 	ev_submit(ctx, e);
 }
 
@@ -1282,8 +1281,8 @@ static __always_inline struct event *ipvs_event(__u32 kind, __u8 source)
 		e->pkt.dport = (__u16)(ports >> 16);
 		e->pkt.proto = (__u8)(ports >> 32);
 	} else {
-		e->ipid = ipid;
-		snap_hdr(&loc, e);
+		e->ipid = bpf_ntohs(ipid);
+		snap_hdr(&loc, e, get_config());
 	}
 	e->netns = skb_netns((struct sk_buff *)skb, 0, 0);
 	return e;

@@ -5,7 +5,6 @@
 package decode
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -77,7 +76,7 @@ func Convert(r *bpfobj.SvctraceEvent, ev *event.Event, opts Options) {
 		OutIfindex:   r.OutIfindex,
 		RouteIfindex: r.RouteIfindex,
 		PID:          r.Pid,
-		IPID:         binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&r.Ipid))[:]),
+		IPID:         r.Ipid,
 	}
 	if r.Comm[0] != 0 {
 		ev.Comm = cString(r.Comm[:])

@@ -29,8 +29,7 @@ func TestDecodeNATKprobe(t *testing.T) {
 		CtOrig:  bpfobj.SvctraceTuple{Saddr: be32("10.244.1.2"), Daddr: be32("10.96.0.10"), Sport: 40000, Dport: 80, Proto: 6},
 		CtReply: bpfobj.SvctraceTuple{Saddr: be32("10.244.1.5"), Daddr: be32("10.244.1.2"), Sport: 9376, Dport: 40000, Proto: 6},
 	}
-	// The IP ID as the kernel stores it: network byte order in memory.
-	*(*[2]byte)(unsafe.Pointer(&r.Ipid)) = [2]byte{0x12, 0x34}
+	r.Ipid = 0x1234
 	var ev event.Event
 	if err := New(Options{}).Decode(raw(&r), &ev); err != nil {
 		t.Fatal(err)
