@@ -144,12 +144,26 @@ struct {
 	__uint(value_size, sizeof(__u32));
 } events_perf SEC(".maps");
 
+// The perf buffer's events are built in per-CPU scratch space, one slot
+// per nesting level: a program can interrupt another on the same CPU (a
+// softirq's netfilter hook over a process-context tracepoint, a hard
+// interrupt over both) between its ev_new and ev_submit, and programs nest
+// strictly, so a per-CPU depth picks the slot.
+#define SCRATCH_LEVELS 4
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SCRATCH_LEVELS);
+	__type(key, __u32);
+	__type(value, struct event);
+} scratch SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct event);
-} scratch SEC(".maps");
+	__type(value, __u32);
+} scratch_depth SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -620,7 +634,17 @@ static __always_inline struct event *ev_new(__u32 kind, __u8 source, int with_ta
 	struct event *e;
 	if (use_perf) {
 		__u32 zero = 0;
-		e = bpf_map_lookup_elem(&scratch, &zero);
+		__u32 *depth = bpf_map_lookup_elem(&scratch_depth, &zero);
+		if (!depth)
+			return 0;
+		__u32 level = *depth;
+		if (level >= SCRATCH_LEVELS) {
+			count(CNT_LOST);
+			return 0;
+		}
+		e = bpf_map_lookup_elem(&scratch, &level);
+		if (e)
+			*depth = level + 1; // released by ev_submit
 	} else {
 		e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 		if (!e)
@@ -628,7 +652,10 @@ static __always_inline struct event *ev_new(__u32 kind, __u8 source, int with_ta
 	}
 	if (!e)
 		return 0;
-	__builtin_memset(e, 0, sizeof(*e));
+	// The header snapshot is left as the ring had it (hdr_len 0 says it is
+	// not there; snap_hdr writes it when asked): not writing it spares a
+	// cache line the reader last held.
+	__builtin_memset(e, 0, offsetof(struct event, hdr));
 	e->ts = bpf_ktime_get_ns();
 	e->kind = kind;
 	e->source = source;
@@ -644,6 +671,10 @@ static __always_inline void ev_submit(void *ctx, struct event *e)
 	if (use_perf) {
 		long err = bpf_perf_event_output(ctx, &events_perf, BPF_F_CURRENT_CPU, e, sizeof(*e));
 		count(err ? CNT_LOST : CNT_EMITTED);
+		__u32 zero = 0;
+		__u32 *depth = bpf_map_lookup_elem(&scratch_depth, &zero);
+		if (depth && *depth)
+			*depth -= 1;
 	} else {
 		__u64 flags = 0;
 		if (wakeup_bytes) {
@@ -718,7 +749,11 @@ static __always_inline int nf_common(struct bpf_nf_ctx *ctx, __u8 stage)
 		e->ifindex = in->ifindex;
 	if (out)
 		e->out_ifindex = out->ifindex;
-	e->route_ifindex = skb_route_ifindex(skb, 1);
+	// The route's device differs from the hook's output device only where
+	// NAT re-routes a local packet (OUTPUT, after DNAT); elsewhere the read
+	// (two helper calls: the dst is not a BTF pointer) is left out.
+	if (st->hook == NF_INET_LOCAL_OUT)
+		e->route_ifindex = skb_route_ifindex(skb, 1);
 	e->netns = st->net->ns.inum;
 	ev_submit(ctx, e);
 	return NF_ACCEPT; // never 0: that is NF_DROP

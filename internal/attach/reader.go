@@ -40,12 +40,18 @@ func (p *Probes) NewReader() (Reader, error) {
 }
 
 type ringReader struct {
-	r   *ringbuf.Reader
-	rec ringbuf.Record
+	r        *ringbuf.Reader
+	rec      ringbuf.Record
+	deadline time.Time
 }
 
 func (rr *ringReader) Read(deadline time.Time) ([]byte, error) {
-	rr.r.SetDeadline(deadline)
+	if !deadline.Equal(rr.deadline) {
+		// Setting it takes the reader's lock: only when it changes (the
+		// tracer keeps one deadline for many reads).
+		rr.deadline = deadline
+		rr.r.SetDeadline(deadline)
+	}
 	if err := rr.r.ReadInto(&rr.rec); err != nil {
 		if errors.Is(err, ringbuf.ErrClosed) {
 			return nil, ErrReaderClosed
@@ -59,14 +65,18 @@ func (rr *ringReader) LostSamples() uint64 { return 0 }
 func (rr *ringReader) Close() error        { return rr.r.Close() }
 
 type perfReader struct {
-	r    *perf.Reader
-	rec  perf.Record
-	lost uint64
+	r        *perf.Reader
+	rec      perf.Record
+	lost     uint64
+	deadline time.Time
 }
 
 func (pr *perfReader) Read(deadline time.Time) ([]byte, error) {
-	for {
+	if !deadline.Equal(pr.deadline) {
+		pr.deadline = deadline
 		pr.r.SetDeadline(deadline)
+	}
+	for {
 		if err := pr.r.ReadInto(&pr.rec); err != nil {
 			if errors.Is(err, perf.ErrClosed) {
 				return nil, ErrReaderClosed

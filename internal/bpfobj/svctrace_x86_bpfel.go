@@ -161,6 +161,7 @@ const (
 	SvctraceMapLastMatchMap          = "last_match_map"
 	SvctraceMapLastWakeup            = "last_wakeup"
 	SvctraceMapScratch               = "scratch"
+	SvctraceMapScratchDepth          = "scratch_depth"
 	SvctraceProgFeIpvsConnNew        = "fe_ipvs_conn_new"
 	SvctraceProgFeIpvsInHook         = "fe_ipvs_in_hook"
 	SvctraceProgFeIpvsNatXmit        = "fe_ipvs_nat_xmit"
@@ -298,6 +299,7 @@ type SvctraceMapSpecs struct {
 	LastMatchMap  *ebpf.MapSpec `ebpf:"last_match_map"`
 	LastWakeup    *ebpf.MapSpec `ebpf:"last_wakeup"`
 	Scratch       *ebpf.MapSpec `ebpf:"scratch"`
+	ScratchDepth  *ebpf.MapSpec `ebpf:"scratch_depth"`
 }
 
 // SvctraceVariableSpecs contains global variables before they are loaded into the kernel.
@@ -347,6 +349,7 @@ type SvctraceMaps struct {
 	LastMatchMap  *ebpf.Map `ebpf:"last_match_map"`
 	LastWakeup    *ebpf.Map `ebpf:"last_wakeup"`
 	Scratch       *ebpf.Map `ebpf:"scratch"`
+	ScratchDepth  *ebpf.Map `ebpf:"scratch_depth"`
 }
 
 func (m *SvctraceMaps) Close() error {
@@ -363,6 +366,7 @@ func (m *SvctraceMaps) Close() error {
 		m.LastMatchMap,
 		m.LastWakeup,
 		m.Scratch,
+		m.ScratchDepth,
 	)
 }
 

@@ -369,19 +369,13 @@ func Run(ctx context.Context, cfg Config) (*event.Stats, error) {
 		stats.Final = final
 	}
 
+	// The read loop's per-event path is decode and feed only: the clock,
+	// the context, the deadline and the pipeline's completions are looked
+	// at every 256 events and whenever the ring runs dry (reading the clock
+	// and setting the reader's deadline per event cost more than decoding).
+	readDeadline := start.Add(poll)
 	for !pipe.Done() && pipe.Err() == nil {
-		if ctx.Err() != nil {
-			break
-		}
-		now := time.Now()
-		if !deadline.IsZero() && now.After(deadline) {
-			break
-		}
-		wait := poll
-		if pending {
-			wait = 0 // paths are due: only take what is already there
-		}
-		rec, err := reader.Read(now.Add(wait))
+		rec, err := reader.Read(readDeadline)
 		// The pipeline's clock: while events are being read, the newest
 		// event's time (a reader that lags must not complete packets whose
 		// later events are still in the ring); once the ring is drained,
@@ -396,7 +390,7 @@ func Run(ctx context.Context, cfg Config) (*event.Stats, error) {
 			}
 			feed(&ev)
 			if stats.Events%256 != 0 {
-				continue // amortise the clock work below
+				continue // amortise the housekeeping below
 			}
 			clockNow = ev.Time
 		case errors.Is(err, os.ErrDeadlineExceeded):
@@ -405,6 +399,13 @@ func Run(ctx context.Context, cfg Config) (*event.Stats, error) {
 			return nil, fmt.Errorf("event reader closed unexpectedly: %w", err)
 		default:
 			return nil, fmt.Errorf("read events: %w", err)
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		now := time.Now()
+		if !deadline.IsZero() && now.After(deadline) {
+			break
 		}
 		select {
 		case next, ok := <-updates:
@@ -417,7 +418,6 @@ func Run(ctx context.Context, cfg Config) (*event.Stats, error) {
 			_ = cfg.Renderer.Record(notice(msg))
 		default:
 		}
-		now = time.Now()
 		pending = pipe.Advance(clockNow)
 		if cfg.StatsEvery > 0 && now.Sub(lastStats) >= cfg.StatsEvery {
 			lastStats = now
@@ -433,6 +433,11 @@ func Run(ctx context.Context, cfg Config) (*event.Stats, error) {
 				svc.Namespace, svc.Name, rate, stats.Paths, stats.Lost, time.Since(start).Truncate(time.Second))
 		}
 		_ = cfg.Renderer.Flush()
+		wait := poll
+		if pending {
+			wait = 0 // paths are due: only take what is already there
+		}
+		readDeadline = now.Add(wait)
 	}
 	if cfg.Status != nil {
 		fmt.Fprint(cfg.Status, "\r\x1b[2K")

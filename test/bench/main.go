@@ -380,7 +380,9 @@ func (b *bench) startTracer(ctx context.Context, svc string, keepOutput bool, ex
 		"--ready-file", ready, "--stats-interval", "0"}, strings.Fields(b.o.tracerArgs)...)
 	args = append(args, extra...)
 	t := &tracer{cmd: exec.CommandContext(ctx, b.o.bin, args...), stderr: &bytes.Buffer{}}
-	t.cmd.Stdout, t.cmd.Stderr = io.Discard, t.stderr
+	// Output goes to /dev/null (nil): a pipe drained by this process would
+	// add the bench's own copying to the CPU the traced stream competes for.
+	t.cmd.Stdout, t.cmd.Stderr = nil, t.stderr
 	if f := os.Getenv("SVCTRACE_BENCH_STDERR"); f != "" {
 		// Diagnostics (e.g. GODEBUG=gctrace=1) of every tracer run, appended.
 		w, err := os.OpenFile(f, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
