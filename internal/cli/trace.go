@@ -134,7 +134,7 @@ func (o *traceOptions) complete(c *cobra.Command) error {
 // GOMEMLIMIT says otherwise: the collector works harder as the heap nears
 // it, instead of letting it double past what is live (see the README's
 // performance section).
-const defaultMemoryLimit = 56 << 20
+const defaultMemoryLimit = 52 << 20
 
 func (o *traceOptions) run(ctx context.Context) error {
 	if os.Getenv("GOMEMLIMIT") == "" {

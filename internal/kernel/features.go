@@ -127,6 +127,12 @@ type Symbols struct {
 	names string
 }
 
+// Preload starts loading the table in the background; Lookup waits for it
+// to finish. Reading /proc/kallsyms takes tens of milliseconds (~65 ms on a
+// 6.18 kernel): done by the first drop's decoding instead, it stalled the
+// event reader long enough for a busy ring buffer to overflow.
+func (s *Symbols) Preload() { go s.once.Do(s.load) }
+
 // Lookup returns "symbol+0xoff" for addr, or "" if unknown.
 func (s *Symbols) Lookup(addr uint64) string {
 	if addr == 0 {

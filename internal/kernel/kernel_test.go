@@ -75,12 +75,20 @@ func TestSymbols(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: /proc/kallsyms hides addresses from others")
 	}
-	var s Symbols
-	if got := s.Lookup(0); got != "" {
-		t.Errorf("address 0 named %q", got)
-	}
 	if !SymbolExists("fib_table_lookup") {
 		t.Error("fib_table_lookup not in kallsyms")
+	}
+	t.Run("lazy", func(t *testing.T) { testSymbolLookup(t, &Symbols{}) })
+	t.Run("preloaded", func(t *testing.T) {
+		s := &Symbols{}
+		s.Preload()
+		testSymbolLookup(t, s) // waits for the background load
+	})
+}
+
+func testSymbolLookup(t *testing.T, s *Symbols) {
+	if got := s.Lookup(0); got != "" {
+		t.Errorf("address 0 named %q", got)
 	}
 	// A real address inside a function is named with its offset.
 	data, err := os.ReadFile("/proc/kallsyms")

@@ -230,6 +230,13 @@ func Run(ctx context.Context, cfg Config) (*event.Stats, error) {
 	runtime.GC()
 	debug.FreeOSMemory()
 	_, _ = procmem.TrimExecutable()
+	// Drop locations are named from /proc/kallsyms: read it now, in the
+	// background, not when the first drop arrives mid-trace (reading it
+	// stalled the reader ~65 ms, long enough for a busy ring buffer to
+	// overflow). Not before: the kernel's BTF is gone by now, so the two
+	// do not add up in the peak resident set.
+	syms := &kernel.Symbols{}
+	syms.Preload()
 	warn := cfg.Warn
 	if warn == nil {
 		warn = io.Discard
@@ -246,7 +253,7 @@ func Run(ctx context.Context, cfg Config) (*event.Stats, error) {
 	}
 	defer reader.Close()
 
-	dec := decode.New(decode.Options{DropReasons: reasons, Symbols: &kernel.Symbols{}, Headers: cfg.Headers})
+	dec := decode.New(decode.Options{DropReasons: reasons, Symbols: syms, Headers: cfg.Headers})
 	hints := map[string]string{}
 	if cfg.Attach.NetnsPath != "" {
 		hints[cfg.Attach.NetnsPath] = "node"

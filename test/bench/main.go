@@ -585,6 +585,7 @@ func (b *bench) eventRate(ctx context.Context) (figure, error) {
 		return figure{}, err
 	}
 	var sent int
+	var maxLag time.Duration // how far the sender fell behind its schedule at worst
 	err = lab.InNetns(b.client, func() error {
 		c, err := net.Dial("udp4", net.JoinHostPort(lab.HostnamesIP, strconv.Itoa(lab.HostnamesUDPPort)))
 		if err != nil {
@@ -598,6 +599,8 @@ func (b *bench) eventRate(ctx context.Context) (figure, error) {
 			due := start.Add(time.Duration(sent) * interval)
 			if d := time.Until(due); d > 0 {
 				time.Sleep(d)
+			} else if -d > maxLag {
+				maxLag = -d
 			}
 			if _, err := c.Write(payload); err == nil {
 				sent++
@@ -616,6 +619,20 @@ func (b *bench) eventRate(ctx context.Context) (figure, error) {
 	if _, err := t.stdout.Seek(0, io.SeekStart); err != nil {
 		return figure{}, err
 	}
+	if keep := os.Getenv("SVCTRACE_BENCH_RATE_OUT"); keep != "" {
+		// svctrace's output of the run (with SVCTRACE_BENCH_RATE_ARGS=
+		// "--stats-interval 100ms": when any loss happened).
+		data, err := io.ReadAll(t.stdout)
+		if err != nil {
+			return figure{}, err
+		}
+		if err := os.WriteFile(keep, data, 0o644); err != nil {
+			return figure{}, err
+		}
+		if _, err := t.stdout.Seek(0, io.SeekStart); err != nil {
+			return figure{}, err
+		}
+	}
 	sc := bufio.NewScanner(t.stdout)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
@@ -627,7 +644,7 @@ func (b *bench) eventRate(ctx context.Context) (figure, error) {
 	secs := float64(b.o.seconds)
 	rate := float64(st.Events) / secs
 	f := figure{name: "events at a steady offered rate, lost", value: fmt.Sprintf("%.0f events/s, %d lost", rate, st.Lost),
-		budget: "0 lost at 200k/s", note: fmt.Sprintf("%d packets offered in %ds", sent, b.o.seconds)}
+		budget: "0 lost at 200k/s", note: fmt.Sprintf("%d packets offered in %ds; sender behind schedule by up to %s", sent, b.o.seconds, maxLag.Round(time.Millisecond))}
 	switch {
 	case st.Lost > 0:
 		f.ratio = 0
