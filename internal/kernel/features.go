@@ -3,9 +3,11 @@ package kernel
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -127,11 +129,14 @@ type Symbols struct {
 	names string
 }
 
-// Preload starts loading the table in the background; Lookup waits for it
-// to finish. Reading /proc/kallsyms takes tens of milliseconds (~65 ms on a
-// 6.18 kernel): done by the first drop's decoding instead, it stalled the
-// event reader long enough for a busy ring buffer to overflow.
-func (s *Symbols) Preload() { go s.once.Do(s.load) }
+// Load reads the table now instead of on first use. Reading /proc/kallsyms
+// takes tens of milliseconds (~65 ms on a 6.18 kernel): done by the first
+// drop's decoding, it stalled the event reader long enough for a busy ring
+// buffer to overflow.
+func (s *Symbols) Load() error {
+	s.once.Do(s.load)
+	return s.err
+}
 
 // Lookup returns "symbol+0xoff" for addr, or "" if unknown.
 func (s *Symbols) Lookup(addr uint64) string {
@@ -175,6 +180,7 @@ func (s *Symbols) load() {
 	var syms []sym
 	var names []byte
 	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20) // few large reads: the file is ~5 MB
 	for sc.Scan() {
 		// ffffffff81000000 T _stext [module]
 		line := sc.Bytes()
@@ -186,14 +192,16 @@ func (s *Symbols) load() {
 		if k := bytes.IndexAny(name, " \t"); k >= 0 {
 			name = name[:k]
 		}
-		addr, err := strconv.ParseUint(string(a), 16, 64)
-		if err != nil || addr == 0 {
+		addr, ok := parseHex(a)
+		if !ok || addr == 0 {
 			continue
 		}
 		syms = append(syms, sym{addr, uint32(len(names)), uint32(len(names) + len(name))})
 		names = append(names, name...)
 	}
-	sort.Slice(syms, func(i, j int) bool { return syms[i].addr < syms[j].addr })
+	if !slices.IsSortedFunc(syms, func(a, b sym) int { return cmp.Compare(a.addr, b.addr) }) {
+		slices.SortFunc(syms, func(a, b sym) int { return cmp.Compare(a.addr, b.addr) })
+	}
 	// Lay the names out in address order, so that ends alone delimits them.
 	var sorted strings.Builder
 	sorted.Grow(len(names))
@@ -204,4 +212,27 @@ func (s *Symbols) load() {
 		s.addrs[i], s.ends[i] = x.addr, uint32(sorted.Len())
 	}
 	s.names = sorted.String()
+}
+
+// parseHex parses a kallsyms address (up to 16 hex digits) without the
+// string conversion strconv needs.
+func parseHex(b []byte) (uint64, bool) {
+	if len(b) == 0 || len(b) > 16 {
+		return 0, false
+	}
+	var v uint64
+	for _, c := range b {
+		switch {
+		case c >= '0' && c <= '9':
+			c -= '0'
+		case c >= 'a' && c <= 'f':
+			c -= 'a' - 10
+		case c >= 'A' && c <= 'F':
+			c -= 'A' - 10
+		default:
+			return 0, false
+		}
+		v = v<<4 | uint64(c)
+	}
+	return v, true
 }

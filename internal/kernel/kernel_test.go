@@ -79,10 +79,12 @@ func TestSymbols(t *testing.T) {
 		t.Error("fib_table_lookup not in kallsyms")
 	}
 	t.Run("lazy", func(t *testing.T) { testSymbolLookup(t, &Symbols{}) })
-	t.Run("preloaded", func(t *testing.T) {
+	t.Run("loaded", func(t *testing.T) {
 		s := &Symbols{}
-		s.Preload()
-		testSymbolLookup(t, s) // waits for the background load
+		if err := s.Load(); err != nil {
+			t.Fatal(err)
+		}
+		testSymbolLookup(t, s)
 	})
 }
 

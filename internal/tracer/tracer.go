@@ -230,16 +230,17 @@ func Run(ctx context.Context, cfg Config) (*event.Stats, error) {
 	runtime.GC()
 	debug.FreeOSMemory()
 	_, _ = procmem.TrimExecutable()
-	// Drop locations are named from /proc/kallsyms: read it now, in the
-	// background, not when the first drop arrives mid-trace (reading it
-	// stalled the reader ~65 ms, long enough for a busy ring buffer to
-	// overflow). Not before: the kernel's BTF is gone by now, so the two
-	// do not add up in the peak resident set.
-	syms := &kernel.Symbols{}
-	syms.Preload()
 	warn := cfg.Warn
 	if warn == nil {
 		warn = io.Discard
+	}
+	// Drop locations are named from /proc/kallsyms: read it before tracing,
+	// not when the first drop arrives mid-trace (that stalled the reader
+	// ~65 ms, long enough for a busy ring buffer to overflow). After the
+	// BTF is gone: the two do not add up in the peak resident set.
+	syms := &kernel.Symbols{}
+	if err := syms.Load(); err != nil {
+		fmt.Fprintf(warn, "svctrace: kernel symbols: %v; drop locations are not named\n", err)
 	}
 	warnSkipped(warn, probes.Plan())
 	if skipped, err := probes.SetFilter(entries, cfg.TraceAll); err != nil {
