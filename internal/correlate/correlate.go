@@ -878,7 +878,56 @@ func (c *Correlator) claimRoutes(path *event.Path, netnses map[uint32]bool) []ev
 		}
 		out = append(out, routeStep(&f.ev))
 	}
+	if path.Entered == "local" && !hasSource(out) {
+		if f := c.connectLookup(dsts, tuples, netnses, from, lead); f != nil {
+			f.claimed = true
+			out = append([]event.RouteStep{routeStep(&f.ev)}, out...) // the earliest
+		}
+	}
 	return out
+}
+
+// hasSource reports whether a locally originated packet's source choice is
+// among its route steps.
+func hasSource(rs []event.RouteStep) bool {
+	for i := range rs {
+		if rs[i].Kind == "connect" || rs[i].Kind == "output" {
+			return true
+		}
+	}
+	return false
+}
+
+// connectLookup finds, for a locally originated packet that has none, the
+// output route lookup that chose its source: the latest unclaimed one of its
+// flow between from and lead. A connect() can precede its first packet by
+// more than lookupLead (under software emulation, tens of milliseconds);
+// only the kernel-function backends report these lookups (the stable one
+// reports connects, searched from FlowWindow already).
+func (c *Correlator) connectLookup(dsts []netip.Addr, tuples []event.Tuple, netnses map[uint32]bool, from, lead uint64) *flowEvent {
+	var found *flowEvent
+	for _, a := range dsts {
+		l := c.byDst[a]
+		if l == nil {
+			continue
+		}
+		i, _ := slices.BinarySearchFunc(l.evs[l.done:], from, func(f *flowEvent, ts uint64) int {
+			return cmpU64(f.ev.Time, ts)
+		})
+		for i += l.done; i < len(l.evs) && l.evs[i].ev.Time < lead; i++ {
+			f := l.evs[i]
+			if f.claimed || f.ev.Kind != event.KindRouteOut || f.ev.RouteError != 0 {
+				continue
+			}
+			if f.ev.Netns != 0 && len(netnses) > 0 && !netnses[f.ev.Netns] {
+				continue
+			}
+			if flowMatches(&f.ev, tuples) && (found == nil || f.ev.Time > found.ev.Time) {
+				found = f
+			}
+		}
+	}
+	return found
 }
 
 func cmpU64(a, b uint64) int {

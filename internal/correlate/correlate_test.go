@@ -254,3 +254,31 @@ func TestClaimedLookupsLeaveFirst(t *testing.T) {
 		t.Errorf("%d evicted, want 12", c.Evicted())
 	}
 }
+
+// TestSlowConnectLookup: the output route lookup that chose a locally
+// originated packet's source is claimed even when connect() came well
+// before the packet (more than lookupLead: a slow or emulated kernel), and
+// only by a packet of its flow.
+func TestSlowConnectLookup(t *testing.T) {
+	const ms = uint64(time.Millisecond)
+	lookup := event.Event{Time: 100 * ms, Kind: event.KindRouteOut, Netns: 1, Table: 254,
+		Packet: event.Tuple{Src: ap("192.168.1.10:0"), Dst: ap("10.96.0.10:80"), Proto: 6}}
+	syn := func(skb uint64, src string) []event.Event {
+		return []event.Event{
+			nf(150*ms, skb, event.HookLocalOut, false, src, "10.96.0.10:80"),
+			nf(150*ms+100, skb, event.HookLocalOut, true, src, "10.1.0.5:80"),
+		}
+	}
+	paths := run(append([]event.Event{lookup}, syn(7, "192.168.1.10:4000")...), Options{})
+	if len(paths) != 1 || paths[0].Entered != "local" {
+		t.Fatalf("got %d paths (%+v), want one local", len(paths), paths)
+	}
+	if rs := paths[0].Routes; len(rs) != 1 || rs[0].Kind != "output" || rs[0].Src != netip.MustParseAddr("192.168.1.10") {
+		t.Errorf("routes %+v, want the connect-time output lookup", rs)
+	}
+	// Another source's packet does not take it.
+	paths = run(append([]event.Event{lookup}, syn(7, "10.0.0.99:4000")...), Options{})
+	if len(paths) != 1 || len(paths[0].Routes) != 0 {
+		t.Errorf("routes %+v, want none for another flow", paths[0].Routes)
+	}
+}
