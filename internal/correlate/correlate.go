@@ -89,6 +89,7 @@ type Correlator struct {
 	freeFlows []*flowEvent
 	failed    []*flowEvent // the failed lookups among them
 	connect   []*flowEvent // the connect events among them
+	outputs   int          // the output route lookups among them (see connectLookup)
 	emit      func(*event.Path)
 	free      []*packet // completed packets, reused (their event storage)
 	// Scratch space of build and claimRoutes, reused from path to path.
@@ -184,8 +185,11 @@ func (c *Correlator) Add(ev *event.Event) {
 		if f.ev.RouteError != 0 {
 			c.failed = append(c.failed, f)
 		}
-		if f.ev.Kind == event.KindConnect {
+		switch f.ev.Kind {
+		case event.KindConnect:
 			c.connect = append(c.connect, f)
+		case event.KindRouteOut:
+			c.outputs++
 		}
 		return
 	}
@@ -346,6 +350,9 @@ func (c *Correlator) popFlow() *flowEvent {
 	f := c.flows[0]
 	c.flows[0] = nil
 	c.flows = c.flows[1:]
+	if f.ev.Kind == event.KindRouteOut {
+		c.outputs--
+	}
 	dst := f.ev.Packet.Dst.Addr()
 	if l := c.byDst[dst]; l != nil {
 		if len(l.evs) > 0 && l.evs[0] == f {
@@ -825,11 +832,7 @@ func (c *Correlator) claimRoutes(path *event.Path, netnses map[uint32]bool) []ev
 		lead = path.Start - l
 	}
 	within := func(list []*flowEvent, done int, from uint64, cands []*flowEvent) []*flowEvent {
-		i, _ := slices.BinarySearchFunc(list[done:], from, func(f *flowEvent, ts uint64) int {
-			return cmpU64(f.ev.Time, ts)
-		})
-		i += done
-		for ; i < len(list) && list[i].ev.Time <= path.End; i++ {
+		for i := searchFrom(list, done, from); i < len(list) && list[i].ev.Time <= path.End; i++ {
 			if !list[i].claimed {
 				cands = append(cands, list[i])
 			}
@@ -878,7 +881,7 @@ func (c *Correlator) claimRoutes(path *event.Path, netnses map[uint32]bool) []ev
 		}
 		out = append(out, routeStep(&f.ev))
 	}
-	if path.Entered == "local" && !hasSource(out) {
+	if c.outputs > 0 && path.Entered == "local" && !hasSource(out) {
 		if f := c.connectLookup(dsts, tuples, netnses, from, lead); f != nil {
 			f.claimed = true
 			out = append([]event.RouteStep{routeStep(&f.ev)}, out...) // the earliest
@@ -911,10 +914,7 @@ func (c *Correlator) connectLookup(dsts []netip.Addr, tuples []event.Tuple, netn
 		if l == nil {
 			continue
 		}
-		i, _ := slices.BinarySearchFunc(l.evs[l.done:], from, func(f *flowEvent, ts uint64) int {
-			return cmpU64(f.ev.Time, ts)
-		})
-		for i += l.done; i < len(l.evs) && l.evs[i].ev.Time < lead; i++ {
+		for i := searchFrom(l.evs, l.done, from); i < len(l.evs) && l.evs[i].ev.Time < lead; i++ {
 			f := l.evs[i]
 			if f.claimed || f.ev.Kind != event.KindRouteOut || f.ev.RouteError != 0 {
 				continue
@@ -928,6 +928,15 @@ func (c *Correlator) connectLookup(dsts []netip.Addr, tuples []event.Tuple, netn
 		}
 	}
 	return found
+}
+
+// searchFrom returns the index of list's first event at or after from,
+// searching past its first done events (list is in time order).
+func searchFrom(list []*flowEvent, done int, from uint64) int {
+	i, _ := slices.BinarySearchFunc(list[done:], from, func(f *flowEvent, ts uint64) int {
+		return cmpU64(f.ev.Time, ts)
+	})
+	return done + i
 }
 
 func cmpU64(a, b uint64) int {
