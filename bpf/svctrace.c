@@ -26,6 +26,8 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 #define AF_INET 2
 #define ETH_P_IP 0x0800
 #define NF_ACCEPT 1
+#define LOOPBACK_IFINDEX_ 1
+#define IP_CT_IS_REPLY_ 3 // enum ip_conntrack_info: this and above are reply-direction packets
 #define TCP_SYN_SENT 2
 #define IPPROTO_ICMP_ 1
 #define IPPROTO_TCP_ 6
@@ -99,7 +101,7 @@ struct event {
 	__u32 flow_oif; // flowi4 oif / iif
 	__u32 flow_iif;
 	__u8 source;    // enum event_source
-	__u8 stage;     // netfilter: 0 before NAT, 1 after NAT; NAT manip: conntrack direction
+	__u8 stage;     // netfilter: bit 0 after NAT, bit 1 reply direction of the conntrack entry; NAT manip: conntrack direction
 	__u8 ct_valid;  // ct tuples below are valid
 	__u8 hdr_len;   // bytes valid in hdr (0: not asked for, see config.snap_hdr)
 	__u16 ipid;     // IPv4 identification (host byte order): tells packets of a flow apart
@@ -132,6 +134,13 @@ struct config {
 volatile const __u32 use_perf = 0;     // perf event array instead of ring buffer
 volatile const __u32 wakeup_bytes = 0; // batch reader wakeups until this much is pending
 volatile const __u32 consumed_reason = 0xffffffff; // SKB_CONSUMED in this kernel's enum (from BTF)
+// The kernel has bpf_rdonly_cast (6.2+; set from its BTF): programs whose
+// skb is a BTF pointer read the packet's headers and the conntrack entry
+// with plain loads through a cast instead of bpf_probe_read_kernel calls
+// (a helper call each: half the cost of a run on traffic not traced).
+volatile const __u32 use_cast = 0;
+
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -263,6 +272,32 @@ static __always_inline __u64 recent_match(__u64 window)
 		return lm->skb;
 	return 0;
 }
+
+// The last successful input route lookup traced on this CPU, and when the
+// packet it routed was last seen (last_match.ts). With rp_filter on, the
+// kernel validates a forwarded packet's source with a second lookup right
+// after the first: from the first's output device back to the source
+// (addresses swapped). It succeeds for every healthy packet and says
+// nothing the first did not; when it fails, the packet is dropped with
+// its reason (a drop event). Every packet of a traced flow made one such
+// event more, so a successful one is not traced. It is told from a reply's
+// own lookup (same addresses, same device) by the packet: a reply is seen
+// at a netfilter hook or device before its lookup, which moves
+// last_match.ts on.
+struct last_fib {
+	__u32 saddr;
+	__u32 daddr;
+	__u32 oif;
+	__u32 pad;
+	__u64 match_ts;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct last_fib);
+} last_fib_map SEC(".maps");
 
 // When this CPU last woke the ring buffer's reader (see ev_submit).
 struct {
@@ -458,6 +493,11 @@ static __always_inline int read_ct(struct nf_conn *ct, struct event *e)
 {
 	if (!ct || !bpf_core_type_exists(struct nf_conn))
 		return 0;
+	if (use_cast) {
+		const struct nf_conn *c = bpf_rdonly_cast(ct, bpf_core_type_id_kernel(struct nf_conn));
+		ct_fill(e, ct, &c->tuplehash[0].tuple, &c->tuplehash[1].tuple, (__u32)c->status);
+		return 1;
+	}
 	if (bpf_core_type_size(struct nf_conntrack_tuple_hash) == sizeof(struct nf_conntrack_tuple_hash) &&
 	    bpf_core_field_offset(struct nf_conn, status) ==
 		    bpf_core_field_offset(struct nf_conn, tuplehash) + offsetof(struct ct_core, status)) {
@@ -483,10 +523,20 @@ static __always_inline int match_ct(struct nf_conn *ct, struct config *cfg)
 {
 	if (!ct || !bpf_core_type_exists(struct nf_conn))
 		return 0;
+	struct tuple t = {};
+	if (use_cast) {
+		const struct nf_conn *c = bpf_rdonly_cast(ct, bpf_core_type_id_kernel(struct nf_conn));
+		const struct nf_conntrack_tuple *o = &c->tuplehash[0].tuple;
+		t.saddr = o->src.u3.ip;
+		t.daddr = o->dst.u3.ip;
+		t.sport = bpf_ntohs(o->src.u.all);
+		t.dport = bpf_ntohs(o->dst.u.all);
+		t.proto = o->dst.protonum;
+		return match_tuple(&t, cfg);
+	}
 	struct nf_conntrack_tuple ot;
 	if (bpf_core_read(&ot, sizeof(ot), &ct->tuplehash[0].tuple))
 		return 0;
-	struct tuple t = {};
 	t.saddr = ot.src.u3.ip;
 	t.daddr = ot.dst.u3.ip;
 	t.sport = bpf_ntohs(ot.src.u.all);
@@ -502,6 +552,40 @@ struct ip4_l4 {
 	__u16 dport;
 	__u8 l4[10]; // TCP: sequence, acknowledgement, data offset, flags (at 9)
 };
+
+// parse_cast is parse_skb_id's body with loads through bpf_rdonly_cast
+// (use_cast) instead of bpf_probe_read_kernel: the header is typed as the
+// kernel's struct iphdr, the transport header as union tcp_word_hdr (TCP,
+// UDP and SCTP have their ports first; TCP's flags are in word 3).
+static __always_inline int parse_cast(const unsigned char *nhp, struct tuple *t, __u16 *ipid)
+{
+	const struct iphdr *ip = bpf_rdonly_cast(nhp, bpf_core_type_id_kernel(struct iphdr));
+	__u8 vihl = *(const __u8 *)ip;
+	if ((vihl >> 4) != 4)
+		return -1;
+	t->saddr = ip->saddr;
+	t->daddr = ip->daddr;
+	__u8 proto = ip->protocol;
+	t->proto = proto;
+	t->ip_len = bpf_ntohs(ip->tot_len);
+	*ipid = ip->id;
+	if (bpf_ntohs(ip->frag_off) & 0x1fff)
+		return 0; // not the first fragment: no L4 header
+	__u32 ihl = (vihl & 0x0f) * 4;
+	const union tcp_word_hdr *l4 =
+		bpf_rdonly_cast(nhp + ihl, bpf_core_type_id_kernel(union tcp_word_hdr));
+	__u32 w0 = l4->words[0];
+	if (proto == IPPROTO_TCP_ || proto == IPPROTO_UDP_ || proto == IPPROTO_SCTP_) {
+		t->sport = bpf_ntohs((__u16)w0);
+		t->dport = bpf_ntohs((__u16)(w0 >> 16));
+		if (proto == IPPROTO_TCP_)
+			t->tcp_flags = (__u8)(l4->words[3] >> 8); // byte 13
+	} else if (proto == IPPROTO_ICMP_) {
+		t->sport = w0 & 0xff;        // type
+		t->dport = (w0 >> 8) & 0xff; // code
+	}
+	return 0;
+}
 
 // Parses the IPv4 packet at skb->head + network_header. Returns 0 on success.
 // One read covers the header and the ports (and TCP flags) unless the IPv4
@@ -524,6 +608,8 @@ static __always_inline int parse_skb_id(const struct sk_buff *skb, struct tuple 
 	loc->nh = nh;
 	if (!head || nh == (__u16)~0U)
 		return -1;
+	if (direct && use_cast)
+		return parse_cast(head + nh, t, ipid);
 	if (bpf_probe_read_kernel(&h, sizeof(h), head + nh))
 		return -1;
 	if ((h.ip.vihl >> 4) != 4)
@@ -741,6 +827,11 @@ static __always_inline int nf_common(struct bpf_nf_ctx *ctx, __u8 stage)
 	struct event *e = skb_event(skb, EV_NF, SRC_NETFILTER, 0, 1);
 	if (!e)
 		return NF_ACCEPT;
+	// The conntrack direction lets userspace tell what the packet looked
+	// like before this hook's NAT (from the entry's tuples and status)
+	// where no link before NAT is attached.
+	if ((RD(1, skb, _nfct) & 7) >= IP_CT_IS_REPLY_)
+		stage |= 2;
 	e->stage = stage;
 	e->hook = st->hook;
 	struct net_device *in = st->in;
@@ -850,6 +941,32 @@ static __always_inline int flow_match(const struct tuple *t, int failed)
 	return match_tuple(t, get_config());
 }
 
+// rpf_lookup reports whether a successful lookup is the reverse-path check
+// of the last traced one on this CPU (see last_fib).
+static __always_inline int rpf_lookup(const struct tuple *t, __u32 iif)
+{
+	__u32 zero = 0;
+	struct last_fib *lf = bpf_map_lookup_elem(&last_fib_map, &zero);
+	struct last_match *lm = bpf_map_lookup_elem(&last_match_map, &zero);
+	if (!lf || !lm || !lf->match_ts)
+		return 0;
+	return lf->match_ts == lm->ts && lf->oif == iif && lf->saddr == t->daddr && lf->daddr == t->saddr;
+}
+
+// note_fib records a successful input lookup traced on this CPU.
+static __always_inline void note_fib(const struct event *e)
+{
+	__u32 zero = 0;
+	struct last_fib *lf = bpf_map_lookup_elem(&last_fib_map, &zero);
+	struct last_match *lm = bpf_map_lookup_elem(&last_match_map, &zero);
+	if (!lf || !lm)
+		return;
+	lf->saddr = e->pkt.saddr;
+	lf->daddr = e->pkt.daddr;
+	lf->oif = e->out_ifindex;
+	lf->match_ts = lm->ts;
+}
+
 static __always_inline struct event *flow_event(const struct flowi4 *flp, __u32 kind, __u8 source,
 						int failed, const int direct)
 {
@@ -857,7 +974,14 @@ static __always_inline struct event *flow_event(const struct flowi4 *flp, __u32 
 	flow_tuple(flp, &t, direct);
 	if (!flow_match(&t, failed))
 		return 0;
-	struct event *e = ev_new(kind, source, 1);
+	__u32 iif = RD(direct, flp, __fl_common.flowic_iif);
+	if (kind == EV_FIB && !failed && rpf_lookup(&t, iif))
+		return 0;
+	// The task is the lookup's only for the node's own traffic (output
+	// lookups run with the loopback device as input); an input lookup
+	// runs in a softirq on behalf of whatever the CPU was doing.
+	int task = kind != EV_FIB || iif == LOOPBACK_IFINDEX_;
+	struct event *e = ev_new(kind, source, task);
 	if (!e)
 		return 0;
 	e->pkt = t;
@@ -879,7 +1003,7 @@ int BPF_PROG(tp_fib_table_lookup, u32 tb_id, const struct flowi4 *flp,
 		if (!e) {
 			if (!skb)
 				return 0;
-			e = ev_new(EV_FIB, SRC_TRACEPOINT, 1);
+			e = ev_new(EV_FIB, SRC_TRACEPOINT, flp->__fl_common.flowic_iif == LOOPBACK_IFINDEX_);
 			if (!e)
 				return 0;
 			flow_tuple(flp, &e->pkt, 1);
@@ -887,6 +1011,8 @@ int BPF_PROG(tp_fib_table_lookup, u32 tb_id, const struct flowi4 *flp,
 		e->skb = skb;
 	}
 	fib_fill(e, flp, nhc, tb_id, err, 1);
+	if (!err && e->flow_iif != LOOPBACK_IFINDEX_)
+		note_fib(e);
 	ev_submit(ctx, e);
 	return 0;
 }
@@ -1094,6 +1220,8 @@ static __always_inline void fib_lookup_ret(void *ctx, struct fib_table *tb, cons
 			e->prefsrc = BPF_CORE_READ(fi, fib_prefsrc);
 	}
 	fib_fill(e, flp, nhc, BPF_CORE_READ(tb, tb_id), ret, 0);
+	if (!ret && e->flow_iif != LOOPBACK_IFINDEX_)
+		note_fib(e);
 	ev_submit(ctx, e);
 }
 

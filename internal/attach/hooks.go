@@ -162,7 +162,7 @@ func hookTable() []hookDef {
 	return []hookDef{
 		{
 			name:  "netfilter",
-			about: "netfilter hooks just before and after the NAT priorities (in the node's network namespace)",
+			about: "netfilter hooks just after the NAT priorities, and before them at OUTPUT and INPUT (in the node's network namespace)",
 			impls: []impl{{
 				flavour: implNetfilter,
 				progs: []progAttach{

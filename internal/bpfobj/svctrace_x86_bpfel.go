@@ -128,6 +128,15 @@ type SvctraceKargsKey struct {
 	Fn      uint64
 }
 
+type SvctraceLastFib struct {
+	_       structs.HostLayout
+	Saddr   uint32
+	Daddr   uint32
+	Oif     uint32
+	Pad     uint32
+	MatchTs uint64
+}
+
 type SvctraceLastMatch struct {
 	_   structs.HostLayout
 	Skb uint64
@@ -158,6 +167,7 @@ const (
 	SvctraceMapFilterBitsMap         = "filter_bits_map"
 	SvctraceMapFlowSample            = "flow_sample"
 	SvctraceMapKargsMap              = "kargs_map"
+	SvctraceMapLastFibMap            = "last_fib_map"
 	SvctraceMapLastMatchMap          = "last_match_map"
 	SvctraceMapLastWakeup            = "last_wakeup"
 	SvctraceMapScratch               = "scratch"
@@ -202,6 +212,7 @@ const (
 	SvctraceVarUnusedEventKind       = "unused_event_kind"
 	SvctraceVarUnusedEventSource     = "unused_event_source"
 	SvctraceVarUnusedFilterKey       = "unused_filter_key"
+	SvctraceVarUseCast               = "use_cast"
 	SvctraceVarUsePerf               = "use_perf"
 	SvctraceVarWakeupBytes           = "wakeup_bytes"
 )
@@ -296,6 +307,7 @@ type SvctraceMapSpecs struct {
 	FilterBitsMap *ebpf.MapSpec `ebpf:"filter_bits_map"`
 	FlowSample    *ebpf.MapSpec `ebpf:"flow_sample"`
 	KargsMap      *ebpf.MapSpec `ebpf:"kargs_map"`
+	LastFibMap    *ebpf.MapSpec `ebpf:"last_fib_map"`
 	LastMatchMap  *ebpf.MapSpec `ebpf:"last_match_map"`
 	LastWakeup    *ebpf.MapSpec `ebpf:"last_wakeup"`
 	Scratch       *ebpf.MapSpec `ebpf:"scratch"`
@@ -313,6 +325,7 @@ type SvctraceVariableSpecs struct {
 	UnusedEventKind   *ebpf.VariableSpec `ebpf:"unused_event_kind"`
 	UnusedEventSource *ebpf.VariableSpec `ebpf:"unused_event_source"`
 	UnusedFilterKey   *ebpf.VariableSpec `ebpf:"unused_filter_key"`
+	UseCast           *ebpf.VariableSpec `ebpf:"use_cast"`
 	UsePerf           *ebpf.VariableSpec `ebpf:"use_perf"`
 	WakeupBytes       *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
@@ -346,6 +359,7 @@ type SvctraceMaps struct {
 	FilterBitsMap *ebpf.Map `ebpf:"filter_bits_map"`
 	FlowSample    *ebpf.Map `ebpf:"flow_sample"`
 	KargsMap      *ebpf.Map `ebpf:"kargs_map"`
+	LastFibMap    *ebpf.Map `ebpf:"last_fib_map"`
 	LastMatchMap  *ebpf.Map `ebpf:"last_match_map"`
 	LastWakeup    *ebpf.Map `ebpf:"last_wakeup"`
 	Scratch       *ebpf.Map `ebpf:"scratch"`
@@ -363,6 +377,7 @@ func (m *SvctraceMaps) Close() error {
 		m.FilterBitsMap,
 		m.FlowSample,
 		m.KargsMap,
+		m.LastFibMap,
 		m.LastMatchMap,
 		m.LastWakeup,
 		m.Scratch,
@@ -381,6 +396,7 @@ type SvctraceVariables struct {
 	UnusedEventKind   *ebpf.Variable `ebpf:"unused_event_kind"`
 	UnusedEventSource *ebpf.Variable `ebpf:"unused_event_source"`
 	UnusedFilterKey   *ebpf.Variable `ebpf:"unused_filter_key"`
+	UseCast           *ebpf.Variable `ebpf:"use_cast"`
 	UsePerf           *ebpf.Variable `ebpf:"use_perf"`
 	WakeupBytes       *ebpf.Variable `ebpf:"wakeup_bytes"`
 }

@@ -45,7 +45,9 @@ type traceOptions struct {
 	perFlow  uint32
 	skip     []string
 	cpuProf  string
-	memProf  string
+	// helperReads keeps the programs' helper-call reads (attach.Options.NoCast).
+	helperReads bool
+	memProf     string
 	kubeOptions
 	recordOptions
 }
@@ -80,6 +82,8 @@ func (o *traceOptions) addFlags(c *cobra.Command) {
 	})
 	f.Uint32Var(&o.ringSize, "ring-buffer-size", 0, "ring buffer size in bytes (power of two, multiple of the page size; default 4 MiB)")
 	_ = f.MarkHidden("perf-buffer")
+	f.BoolVar(&o.helperReads, "helper-reads", false, "read packets and conntrack entries with bpf_probe_read_kernel even where bpf_rdonly_cast is there (testing)")
+	_ = f.MarkHidden("helper-reads")
 	_ = f.MarkHidden("ring-buffer-size")
 	f.StringVar(&o.cpuProf, "cpuprofile", "", "write a Go CPU profile of svctrace itself to this file (debugging)")
 	_ = f.MarkHidden("cpuprofile")
@@ -182,6 +186,7 @@ func (o *traceOptions) run(ctx context.Context) error {
 			Backend:        o.backendV,
 			NetnsPath:      o.netns,
 			PerfBuffer:     o.perf,
+			NoCast:         o.helperReads,
 			RingBufSize:    o.ringSize,
 			PacketsPerFlow: o.perFlow,
 			SkipHooks:      o.skip,

@@ -37,6 +37,12 @@ type Options struct {
 	// NodeNetns is the inode of the node's network namespace: a packet
 	// first seen being sent from it was originated by the node.
 	NodeNetns uint32
+	// ReusePaths says emit keeps nothing of a path (nor of what it points
+	// to) once it returns: the next path is built in the same storage. Set
+	// by consumers that render synchronously; a traced stream of every
+	// packet makes tens of thousands of paths a second, whose garbage
+	// (~3 KB each) kept the collector busy.
+	ReusePaths bool
 }
 
 type pktKey struct {
@@ -48,8 +54,9 @@ type packet struct {
 	key    pktKey
 	events []event.Event
 	last   uint64
-	gen    uint64 // bumped when the packet completes (its storage may be reused)
-	hdrs   []byte // the events' header snapshots, back to back
+	gen    uint64           // bumped when the packet completes (its storage may be reused)
+	hdrs   []byte           // the events' header snapshots, back to back
+	ct     *event.Conntrack // the last conntrack entry copied for an event
 }
 
 // queued is a packet in arrival order; gen tells an open packet from a
@@ -63,8 +70,9 @@ type queued struct {
 func live(q queued) bool { return q.p.gen == q.gen }
 
 // maxFreePackets bounds the completed packets kept for reuse: their event
-// storage (~6 KB each) is scanned by every garbage collection, used or not.
-const maxFreePackets = 256
+// storage (~4.5 KB each) is scanned by every garbage collection, used or
+// not.
+const maxFreePackets = 384
 
 // maxCompletePerAdvance bounds the paths one Advance completes, so that a
 // backlog (a reader catching up, a burst) is worked off between reads
@@ -91,7 +99,8 @@ type Correlator struct {
 	connect   []*flowEvent // the connect events among them
 	outputs   int          // the output route lookups among them (see connectLookup)
 	emit      func(*event.Path)
-	free      []*packet // completed packets, reused (their event storage)
+	free      []*packet   // completed packets, reused (their event storage)
+	spare     *event.Path // the last path emitted, for reuse (Options.ReusePaths)
 	// Scratch space of build and claimRoutes, reused from path to path.
 	netnses map[uint32]bool
 	tuples  []event.Tuple
@@ -224,12 +233,14 @@ func (c *Correlator) Add(ev *event.Event) {
 		e.Header = nil
 	}
 	if ev.Conntrack != nil {
-		// A packet meets the same conntrack entry at most hooks: share one copy.
-		if n := len(p.events); n > 1 && p.events[n-2].Conntrack != nil && *p.events[n-2].Conntrack == *ev.Conntrack {
-			e.Conntrack = p.events[n-2].Conntrack
+		// A packet meets the same conntrack entry at most hooks (devices in
+		// namespaces without conntrack in between): share one copy.
+		if p.ct != nil && *p.ct == *ev.Conntrack {
+			e.Conntrack = p.ct
 		} else {
 			ct := *ev.Conntrack
 			e.Conntrack = &ct
+			p.ct = e.Conntrack
 		}
 	}
 	p.last = ev.Time
@@ -265,10 +276,11 @@ func (c *Correlator) newPacket(k pktKey) *packet {
 		return p
 	}
 	// A packet crossing a node (pod to pod through the node's netfilter)
-	// meets eleven hooks: the pod's device out, the node's device in,
-	// netfilter five times, two route lookups, the node's device out, the
-	// pod's device in.
-	return &packet{key: k, events: make([]event.Event, 0, 12)}
+	// makes six events: the pod's device out, the node's device in,
+	// netfilter after NAT at PREROUTING and POSTROUTING, the node's device
+	// out, the pod's device in (its route lookup is a flow event). Room
+	// for two more (drops, a second pass through OUTPUT), else it grows.
+	return &packet{key: k, events: make([]event.Event, 0, 8)}
 }
 
 // release returns a completed packet's storage to the free list.
@@ -277,6 +289,7 @@ func (c *Correlator) release(p *packet) {
 	// Paths handed out may still point into the header buffer: a reused
 	// packet starts a new one.
 	p.hdrs = nil
+	p.ct = nil
 	clear(p.events)
 	p.events = p.events[:0]
 	if len(c.free) < maxFreePackets {
@@ -511,24 +524,47 @@ func (c *Correlator) complete(p *packet) {
 			break
 		}
 	}
-	c.emit(c.build(p))
+	path := c.build(p)
+	c.emit(path)
+	if c.opts.ReusePaths {
+		c.spare = path
+	}
 	c.release(p)
+}
+
+// newPath returns a zeroed path, in the storage of the last one when it
+// may be reused (its slices' arrays too, emptied).
+func (c *Correlator) newPath() *event.Path {
+	p := c.spare
+	if p == nil {
+		return &event.Path{}
+	}
+	c.spare = nil
+	steps, nat, routes := p.Steps[:0], p.NAT[:0], p.Routes[:0]
+	clear(p.Steps[:cap(p.Steps)])
+	clear(p.NAT[:cap(p.NAT)])
+	clear(p.Routes[:cap(p.Routes)])
+	*p = event.Path{Steps: steps, NAT: nat, Routes: routes}
+	return p
 }
 
 func (c *Correlator) build(p *packet) *event.Path {
 	evs := p.events
 	first, last := &evs[0], &evs[len(evs)-1]
-	path := &event.Path{
-		Type:     "path",
-		Start:    first.Time,
-		End:      last.Time,
-		SKB:      p.key.skb,
-		Original: first.Packet,
-		Final:    last.Packet,
+	path := c.newPath()
+	path.Type = "path"
+	path.Start, path.End = first.Time, last.Time
+	path.SKB = p.key.skb
+	path.Original, path.Final = first.Packet, last.Packet
+	if first.Kind == event.KindNetfilter && first.PreNAT.Proto != 0 {
+		// First seen after a rewrite (no device event before it).
+		path.Original = first.PreNAT
 	}
 	netnses := c.netnses
 	clear(netnses)
-	path.Steps = make([]event.Step, 0, len(evs))
+	if cap(path.Steps) < len(evs) {
+		path.Steps = make([]event.Step, 0, max(len(evs), 12))
+	}
 	var ct *event.Conntrack
 	for i := range evs {
 		e := &evs[i]
@@ -547,7 +583,7 @@ func (c *Correlator) build(p *packet) *event.Path {
 		}
 	}
 	path.Conntrack = ct
-	path.NAT = natSteps(evs)
+	path.NAT = natSteps(evs, path.NAT)
 	path.IPVS = ipvsStep(evs)
 	if n := len(path.NAT); n > 0 && path.NAT[n-1].After.Src.IsValid() {
 		// The last rewrite may be the last thing seen (kprobe backends).
@@ -555,21 +591,21 @@ func (c *Correlator) build(p *packet) *event.Path {
 			path.Final = path.NAT[n-1].After
 		}
 	}
-	path.Reply = isReply(first.Packet, ct)
+	path.Reply = isReply(path.Original, ct)
 	if path.Reply {
 		for i := range path.NAT {
 			path.NAT[i].Reverse = true
 		}
 	}
-	path.Client = event.Endpoint{Addr: first.Packet.Src}
+	path.Client = event.Endpoint{Addr: path.Original.Src}
 	if path.Reply {
-		path.Client = event.Endpoint{Addr: first.Packet.Dst}
+		path.Client = event.Endpoint{Addr: path.Original.Dst}
 		if ct != nil {
 			path.Client = event.Endpoint{Addr: ct.Original.Src}
 		}
 	}
 	path.Entered = entered(first, c.opts.NodeNetns)
-	path.Routes = c.claimRoutes(path, netnses)
+	path.Routes = c.claimRoutes(path, netnses, path.Routes)
 	if path.IPVS == nil {
 		path.IPVS, path.NAT = ipvsFromStable(evs, path.Routes, path.NAT)
 	}
@@ -621,8 +657,7 @@ func entered(e *event.Event, nodeNetns uint32) string {
 
 // natSteps lists the packet's rewrites: from nf_nat events when the kernel
 // function backends produced them, else from the netfilter before/after pairs.
-func natSteps(evs []event.Event) []event.NATStep {
-	var out []event.NATStep
+func natSteps(evs []event.Event, out []event.NATStep) []event.NATStep {
 	kernelFunc := false
 	for i := range evs {
 		e := &evs[i]
@@ -647,41 +682,68 @@ func natSteps(evs []event.Event) []event.NATStep {
 	if kernelFunc {
 		return out
 	}
-	return netfilterRewrites(evs)
+	return netfilterRewrites(evs, out)
 }
 
 // netfilterRewrites reads the packet's rewrites off the netfilter links. A
 // change between a hook's "before NAT" and "after NAT" observation is
-// nf_nat's. A change between two observations at different hooks happened
-// outside nf_nat's priorities: that is IPVS, which takes the packet at
-// INPUT (or OUTPUT for the node's own traffic) and sends it out again
-// through OUTPUT, and rewrites replies between FORWARD and POSTROUTING.
-func netfilterRewrites(evs []event.Event) []event.NATStep {
-	var out []event.NATStep
+// nf_nat's; where no link before NAT is attached (PREROUTING and
+// POSTROUTING), the "before" view is the one the decoder rebuilt from the
+// conntrack entry (PreNAT). A change between two observations at different
+// hooks happened outside nf_nat's priorities: that is IPVS, which takes the
+// packet at INPUT (or OUTPUT for the node's own traffic) and sends it out
+// again through OUTPUT, and rewrites replies between PREROUTING and
+// POSTROUTING.
+func netfilterRewrites(evs []event.Event, out []event.NATStep) []event.NATStep {
 	var prev *event.Event
+	var prevPkt event.Tuple
 	for i := range evs {
 		e := &evs[i]
 		if e.Kind != event.KindNetfilter {
 			continue
 		}
-		if prev != nil && prev.Netns == e.Netns && prev.Packet != e.Packet {
-			typ := event.SNAT
-			if prev.Packet.Dst != e.Packet.Dst {
-				typ = event.DNAT
+		cur := e.Packet
+		if e.AfterNAT && e.PreNAT.Proto != 0 && (prev == nil || prev.Hook != e.Hook || prev.AfterNAT || prev.Netns != e.Netns) {
+			// No observation before this hook's NAT: the rebuilt one.
+			if prev != nil && prev.Netns == e.Netns && prevPkt != e.PreNAT {
+				out = append(out, rewrite(prev, prevPkt, e, e.PreNAT, true))
 			}
-			step := event.NATStep{Type: typ, By: "nf_nat", Hook: prev.Hook.String(),
-				Before: prev.Packet, After: e.Packet, Source: e.Source}
-			if prev.Hook != e.Hook || prev.AfterNAT || !e.AfterNAT {
-				step.By = "ipvs"
-				if prev.Hook == event.HookPreRouting {
-					step.Hook = event.HookLocalIn.String()
-				}
-			}
-			out = append(out, step)
+			out = append(out, event.NATStep{Type: natType(e.PreNAT, cur), By: "nf_nat", Hook: e.Hook.String(),
+				Before: e.PreNAT, After: cur, Source: e.Source})
+			prev, prevPkt = e, cur
+			continue
 		}
-		prev = e
+		if prev != nil && prev.Netns == e.Netns && prevPkt != cur {
+			out = append(out, rewrite(prev, prevPkt, e, cur, false))
+		}
+		prev, prevPkt = e, cur
 	}
 	return out
+}
+
+// rewrite is the change between two netfilter observations of a packet:
+// nf_nat's between one hook's before and after NAT, else IPVS's. rebuilt
+// says the second is the view before NAT rebuilt from an observation after.
+func rewrite(prev *event.Event, before event.Tuple, e *event.Event, after event.Tuple, rebuilt bool) event.NATStep {
+	step := event.NATStep{Type: natType(before, after), By: "nf_nat", Hook: prev.Hook.String(),
+		Before: before, After: after, Source: e.Source}
+	if rebuilt || prev.Hook != e.Hook || prev.AfterNAT || !e.AfterNAT {
+		step.By = "ipvs"
+		switch {
+		case prev.Hook == event.HookPreRouting && e.Hook == event.HookPostRouting:
+			step.Hook = event.HookForward.String() // a reply, un-rewritten
+		case prev.Hook == event.HookPreRouting:
+			step.Hook = event.HookLocalIn.String()
+		}
+	}
+	return step
+}
+
+func natType(before, after event.Tuple) event.NATType {
+	if before.Dst != after.Dst {
+		return event.DNAT
+	}
+	return event.SNAT
 }
 
 // ipvsFromStable tells, for the stable backend (no IPVS probes), what IPVS
@@ -805,7 +867,7 @@ func natHook(evs []event.Event, i int) string {
 // claimRoutes takes the buffered flow events that belong to this packet: same
 // destination (before or after NAT), compatible source, in the namespaces the
 // packet crossed, between FlowWindow before it and its end.
-func (c *Correlator) claimRoutes(path *event.Path, netnses map[uint32]bool) []event.RouteStep {
+func (c *Correlator) claimRoutes(path *event.Path, netnses map[uint32]bool, out []event.RouteStep) []event.RouteStep {
 	tuples := c.tuples[:0]
 	defer func() { c.tuples = tuples[:0] }()
 	add := func(t event.Tuple) {
@@ -858,7 +920,6 @@ func (c *Correlator) claimRoutes(path *event.Path, netnses map[uint32]bool) []ev
 	cands = within(c.connect, 0, from, cands)
 	cands = within(c.failed, 0, path.Start, cands)
 	slices.SortStableFunc(cands, func(a, b *flowEvent) int { return cmpU64(a.ev.Time, b.ev.Time) })
-	var out []event.RouteStep
 	for _, f := range cands {
 		if f.claimed || f.ev.Time < from || f.ev.Time > path.End {
 			continue
@@ -999,15 +1060,41 @@ func routeStep(e *event.Event) event.RouteStep {
 	return rs
 }
 
+// nfWhere names a netfilter position ("PREROUTING after NAT") without
+// building the string for every step.
+func nfWhere(h event.Hook, after bool) string {
+	switch {
+	case h == event.HookPreRouting && after:
+		return "PREROUTING after NAT"
+	case h == event.HookPreRouting:
+		return "PREROUTING before NAT"
+	case h == event.HookLocalIn && after:
+		return "INPUT after NAT"
+	case h == event.HookLocalIn:
+		return "INPUT before NAT"
+	case h == event.HookForward && after:
+		return "FORWARD after NAT"
+	case h == event.HookForward:
+		return "FORWARD before NAT"
+	case h == event.HookLocalOut && after:
+		return "OUTPUT after NAT"
+	case h == event.HookLocalOut:
+		return "OUTPUT before NAT"
+	case h == event.HookPostRouting && after:
+		return "POSTROUTING after NAT"
+	case h == event.HookPostRouting:
+		return "POSTROUTING before NAT"
+	case after:
+		return h.String() + " after NAT"
+	}
+	return h.String() + " before NAT"
+}
+
 func step(e *event.Event) event.Step {
 	s := event.Step{Time: e.Time, Kind: e.Kind, Source: e.Source, Netns: e.Netns, Packet: e.Packet}
 	switch e.Kind {
 	case event.KindNetfilter:
-		stage := "before NAT"
-		if e.AfterNAT {
-			stage = "after NAT"
-		}
-		s.Where = e.Hook.String() + " " + stage
+		s.Where = nfWhere(e.Hook, e.AfterNAT)
 		switch {
 		case e.Hook == event.HookLocalOut && e.RouteIfindex != 0:
 			s.Ifindex = e.RouteIfindex

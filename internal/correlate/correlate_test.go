@@ -3,11 +3,14 @@ package correlate
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/svctrace/svctrace/internal/decode"
 	"github.com/svctrace/svctrace/pkg/event"
 )
 
@@ -280,5 +283,129 @@ func TestSlowConnectLookup(t *testing.T) {
 	paths = run(append([]event.Event{lookup}, syn(7, "10.0.0.99:4000")...), Options{})
 	if len(paths) != 1 || len(paths[0].Routes) != 0 {
 		t.Errorf("routes %+v, want none for another flow", paths[0].Routes)
+	}
+}
+
+// The links before NAT are attached only at OUTPUT and INPUT: at the other
+// hooks the rewrite is read off the view after NAT and the conntrack entry
+// (decode.PreNAT). The real recording (made with links before NAT at every
+// hook) without those events, the views rebuilt, gives the same paths'
+// rewrites, backends, clients and outcomes.
+func TestRebuiltBeforeNAT(t *testing.T) {
+	full := run(loadEvents(t, "healthy-iptables.jsonl"), Options{})
+	var evs []event.Event
+	dropped, rebuilt := 0, 0
+	for _, e := range loadEvents(t, "healthy-iptables.jsonl") {
+		if e.Kind == event.KindNetfilter && !e.AfterNAT && e.Hook != event.HookLocalOut && e.Hook != event.HookLocalIn {
+			dropped++
+			continue
+		}
+		if e.Kind == event.KindNetfilter && e.AfterNAT {
+			// The kernel side reports the direction; the recording predates it.
+			e.CTReply = isReply(e.Packet, e.Conntrack)
+			e.PreNAT = decode.PreNAT(e.Packet, e.Conntrack, e.Hook, e.CTReply)
+			if e.PreNAT.Proto != 0 {
+				rebuilt++
+			}
+		}
+		evs = append(evs, e)
+	}
+	if dropped != 48 || rebuilt == 0 {
+		t.Fatalf("dropped %d events before NAT (want 48), rebuilt %d views", dropped, rebuilt)
+	}
+	got := run(evs, Options{})
+	if len(got) != len(full) {
+		t.Fatalf("%d paths, want %d", len(got), len(full))
+	}
+	key := func(p *event.Path) string { return fmt.Sprintf("%d/%d", p.SKB, p.Start) }
+	want := map[string]*event.Path{}
+	for _, p := range full {
+		want[key(p)] = p
+	}
+	nat := 0
+	for _, p := range got {
+		w := want[key(p)]
+		if w == nil {
+			// The first event may have been one of the dropped ones.
+			for _, q := range full {
+				if q.SKB == p.SKB && q.End == p.End {
+					w = q
+				}
+			}
+		}
+		if w == nil {
+			t.Errorf("path %v (skb %#x) not in the full recording's", p.Original, p.SKB)
+			continue
+		}
+		nat += len(p.NAT)
+		if !slices.Equal(p.NAT, w.NAT) {
+			t.Errorf("path %v: NAT\n%+v\nwant\n%+v", w.Original, p.NAT, w.NAT)
+		}
+		if p.Original != w.Original || p.Backend != w.Backend || p.Client != w.Client || p.Reply != w.Reply || p.Result != w.Result {
+			t.Errorf("path %v: original %v backend %v client %v reply %v result %+v, want %v %v %v %v %+v", w.Original,
+				p.Original, p.Backend, p.Client, p.Reply, p.Result, w.Original, w.Backend, w.Client, w.Reply, w.Result)
+		}
+	}
+	if nat == 0 {
+		t.Error("no rewrites in the paths")
+	}
+}
+
+func TestPreNATDirections(t *testing.T) {
+	ct := &event.Conntrack{ // client -> VIP, DNAT to the backend, SNAT to the node
+		Original: event.Tuple{Src: ap("10.0.0.1:1000"), Dst: ap("10.96.0.1:80"), Proto: 6},
+		Reply:    event.Tuple{Src: ap("10.244.0.5:8080"), Dst: ap("192.168.0.1:2000"), Proto: 6},
+		Status:   0x10 | 0x20,
+	}
+	tu := func(s, d string) event.Tuple { return event.Tuple{Src: ap(s), Dst: ap(d), Proto: 6} }
+	for _, c := range []struct {
+		name  string
+		pkt   event.Tuple
+		hook  event.Hook
+		reply bool
+		want  event.Tuple
+	}{
+		{"DNAT at PREROUTING", tu("10.0.0.1:1000", "10.244.0.5:8080"), event.HookPreRouting, false, tu("10.0.0.1:1000", "10.96.0.1:80")},
+		{"SNAT at POSTROUTING", tu("192.168.0.1:2000", "10.244.0.5:8080"), event.HookPostRouting, false, tu("10.0.0.1:1000", "10.244.0.5:8080")},
+		{"reply un-SNAT at PREROUTING", tu("10.244.0.5:8080", "10.0.0.1:1000"), event.HookPreRouting, true, tu("10.244.0.5:8080", "192.168.0.1:2000")},
+		{"reply un-DNAT at POSTROUTING", tu("10.96.0.1:80", "10.0.0.1:1000"), event.HookPostRouting, true, tu("10.244.0.5:8080", "10.0.0.1:1000")},
+	} {
+		if got := decode.PreNAT(c.pkt, ct, c.hook, c.reply); got != c.want {
+			t.Errorf("%s: %v, want %v", c.name, got, c.want)
+		}
+	}
+	dnatOnly := *ct
+	dnatOnly.Status = 0x20
+	if got := decode.PreNAT(tu("10.0.0.1:1000", "10.244.0.5:8080"), &dnatOnly, event.HookPostRouting, false); got.Proto != 0 {
+		t.Errorf("no SNAT, yet a view before POSTROUTING's NAT: %v", got)
+	}
+	if got := decode.PreNAT(tu("10.0.0.1:1000", "10.244.0.5:8080"), nil, event.HookPreRouting, false); got.Proto != 0 {
+		t.Errorf("no conntrack entry, yet a view: %v", got)
+	}
+}
+
+// With ReusePaths a path's storage is the next one's: a consumer that is
+// done with each path when emit returns sees the same paths as without.
+func TestReusePaths(t *testing.T) {
+	evs := loadEvents(t, "healthy-iptables.jsonl")
+	render := func(reuse bool) []string {
+		var out []string
+		c := New(Options{ReusePaths: reuse}, func(p *event.Path) {
+			b, err := json.Marshal(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, string(b))
+		})
+		for i := range evs {
+			c.Add(&evs[i])
+			c.Advance(evs[i].Time)
+		}
+		c.Flush()
+		return out
+	}
+	want, got := render(false), render(true)
+	if len(want) != 24 || !slices.Equal(got, want) {
+		t.Fatalf("%d paths with reuse, %d without; equal: %v", len(got), len(want), slices.Equal(got, want))
 	}
 }

@@ -39,13 +39,17 @@ type Options struct {
 type Decoder struct {
 	opts Options
 	raw  bpfobj.SvctraceEvent
+	// ct is the storage of the events' conntrack entries: one for the
+	// decoder, not one per event that has an entry after one that had none.
+	ct event.Conntrack
 }
 
 // New returns a Decoder.
 func New(opts Options) *Decoder { return &Decoder{opts: opts} }
 
-// Decode decodes one record into ev, overwriting it. ev's Header and
-// Conntrack storage are reused when present.
+// Decode decodes one record into ev, overwriting it. ev's Header storage
+// is reused when present; its Conntrack is the decoder's, valid until the
+// next Decode.
 func (d *Decoder) Decode(rec []byte, ev *event.Event) error {
 	if len(rec) < RecordSize {
 		return fmt.Errorf("%w: %d bytes, want %d", ErrShortRecord, len(rec), RecordSize)
@@ -53,6 +57,9 @@ func (d *Decoder) Decode(rec []byte, ev *event.Event) error {
 	// The record is the C struct in native byte order: copy it into the
 	// bpf2go-generated Go struct of the same layout.
 	copy(unsafe.Slice((*byte)(unsafe.Pointer(&d.raw)), RecordSize), rec)
+	if ev.Conntrack != &d.ct {
+		ev.Conntrack = &d.ct
+	}
 	Convert(&d.raw, ev, d.opts)
 	return nil
 }
@@ -100,7 +107,11 @@ func Convert(r *bpfobj.SvctraceEvent, ev *event.Event, opts Options) {
 	switch ev.Kind {
 	case event.KindNetfilter:
 		ev.Hook = event.Hook(r.Hook)
-		ev.AfterNAT = r.Stage == 1
+		ev.AfterNAT = r.Stage&1 != 0
+		ev.CTReply = r.Stage&2 != 0
+		if ev.AfterNAT {
+			ev.PreNAT = PreNAT(ev.Packet, ev.Conntrack, ev.Hook, ev.CTReply)
+		}
 	case event.KindNAT:
 		ev.NAT = event.NATType(r.Hook)
 		ev.NATReply = r.Stage == 1
@@ -175,6 +186,65 @@ func NATResult(pkt event.Tuple, ct *event.Conntrack, typ event.NATType, replyDir
 		out.Src = target.Src
 	}
 	return out
+}
+
+// Conntrack status bits (enum ip_conntrack_status).
+const (
+	ipsSrcNAT = 1 << 4
+	ipsDstNAT = 1 << 5
+)
+
+// PreNAT tells what a packet seen after a netfilter hook's NAT looked like
+// before it, from its conntrack entry, as nf_nat decides: the hook's manip
+// type (destination at PREROUTING and OUTPUT, source at POSTROUTING and
+// INPUT) rewrites the packet when the entry's status has that NAT for the
+// packet's direction (a reply undoes the other side's: its destination
+// rewrite is the original direction's SNAT), and until then the rewritten
+// side is the packet's own direction's tuple's. It returns the zero tuple
+// when the hook did not rewrite the packet (or nothing says).
+func PreNAT(pkt event.Tuple, ct *event.Conntrack, hook event.Hook, replyDir bool) event.Tuple {
+	if ct == nil {
+		return event.Tuple{}
+	}
+	var dst bool
+	switch hook {
+	case event.HookPreRouting, event.HookLocalOut:
+		dst = true
+	case event.HookPostRouting, event.HookLocalIn:
+	default:
+		return event.Tuple{}
+	}
+	bit := uint32(ipsSrcNAT)
+	if dst != replyDir {
+		bit = ipsDstNAT
+	}
+	if ct.Status&bit == 0 {
+		return event.Tuple{}
+	}
+	own := ct.Original
+	if replyDir {
+		own = ct.Reply
+	}
+	out := pkt
+	ports := pkt.Proto == 6 || pkt.Proto == 17 || pkt.Proto == 132 // ICMP's ids are not ports
+	if dst {
+		out.Dst = withAddr(pkt.Dst, own.Dst, ports)
+	} else {
+		out.Src = withAddr(pkt.Src, own.Src, ports)
+	}
+	if out == pkt {
+		return event.Tuple{}
+	}
+	return out
+}
+
+// withAddr is cur with the address (and, for transports with ports, the
+// port) of from.
+func withAddr(cur, from netip.AddrPort, ports bool) netip.AddrPort {
+	if ports {
+		return from
+	}
+	return netip.AddrPortFrom(from.Addr(), cur.Port())
 }
 
 func tuple(t *bpfobj.SvctraceTuple) event.Tuple {

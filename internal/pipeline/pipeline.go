@@ -59,20 +59,24 @@ type Pipeline struct {
 	diag  *diagnose.Diagnoser
 	flows *flowFilter
 	stats event.Stats
-	done  bool
-	err   error
+	// svcNames remembers ServiceName by Service address (serviceName).
+	svcNames map[nameKey]string
+	done     bool
+	err      error
 }
 
 // New returns a Pipeline.
 func New(cfg Config) *Pipeline {
 	p := &Pipeline{cfg: cfg}
-	p.en = &enrich.Enricher{Names: Namer{cfg.Snap}, Devices: cfg.Devices}
+	p.en = &enrich.Enricher{Names: newNamer(cfg.Snap), Devices: cfg.Devices}
 	p.diag = diagnose.New(diagnose.Config{Snap: cfg.Snap, Service: cfg.Service, Node: cfg.Node,
 		NodeNetns: cfg.NodeNetns, Devices: cfg.Devices})
 	if cfg.PerFlow {
 		p.flows = newFlowFilter(65536)
 	}
-	p.corr = correlate.New(correlate.Options{Idle: cfg.Idle, NodeNetns: cfg.NodeNetns}, p.path)
+	// Renderers, the enricher and the diagnoser are done with a path when
+	// it has been handed on; hooks (recorders) may keep it.
+	p.corr = correlate.New(correlate.Options{Idle: cfg.Idle, NodeNetns: cfg.NodeNetns, ReusePaths: cfg.OnPath == nil}, p.path)
 	return p
 }
 
@@ -83,7 +87,8 @@ func (p *Pipeline) SetMetadata(snap *meta.Snapshot, svc *meta.Service) {
 	// they passed: complete them before switching.
 	p.corr.Flush()
 	p.cfg.Snap, p.cfg.Service = snap, svc
-	p.en.Names = Namer{snap}
+	p.en.Names = newNamer(snap)
+	p.svcNames = nil
 	p.diag.SetSnapshot(snap, svc)
 }
 
@@ -133,7 +138,7 @@ func (p *Pipeline) path(path *event.Path) {
 	if p.done {
 		return // Count reached: what is still in flight is not shown
 	}
-	path.Service = ServiceName(p.cfg.Snap, p.cfg.Service, path)
+	path.Service = p.serviceName(path)
 	p.en.Path(path)
 	v := p.diag.Path(path)
 	if p.cfg.OnPath != nil {
@@ -158,19 +163,73 @@ func (p *Pipeline) path(path *event.Path) {
 	}
 }
 
-// Namer adapts a metadata snapshot to enrich.Namer.
-type Namer struct{ Snap *meta.Snapshot }
+// Namer adapts a metadata snapshot to enrich.Namer. It remembers the
+// names it gave (every path names its client and backend: building the
+// same string for every packet of a flow was most of the enricher's work).
+type Namer struct {
+	Snap  *meta.Snapshot
+	cache map[nameKey]string
+}
+
+type nameKey struct {
+	ap    netip.AddrPort
+	proto uint8
+}
+
+// maxNames bounds Namer's cache; it starts over when full.
+const maxNames = 4096
+
+func newNamer(snap *meta.Snapshot) *Namer {
+	return &Namer{Snap: snap, cache: map[nameKey]string{}}
+}
 
 // NameOf implements enrich.Namer.
-func (n Namer) NameOf(ap netip.AddrPort, proto uint8) string {
+func (n *Namer) NameOf(ap netip.AddrPort, proto uint8) string {
 	if n.Snap == nil {
 		return ""
 	}
-	nm := n.Snap.Name(ap.Addr(), ap.Port(), proto)
-	if !nm.Known() {
+	k := nameKey{ap, proto}
+	if s, ok := n.cache[k]; ok {
+		return s
+	}
+	s := ""
+	if nm := n.Snap.Name(ap.Addr(), ap.Port(), proto); nm.Known() {
+		s = nm.String()
+	}
+	if n.cache == nil || len(n.cache) >= maxNames {
+		n.cache = map[nameKey]string{}
+	}
+	n.cache[k] = s
+	return s
+}
+
+// serviceName is ServiceName, remembered per Service address (reset with
+// the metadata).
+func (p *Pipeline) serviceName(path *event.Path) string {
+	if p.cfg.Service == nil {
 		return ""
 	}
-	return nm.String()
+	k := nameKey{serviceDst(path), path.Original.Proto}
+	if s, ok := p.svcNames[k]; ok {
+		return s
+	}
+	s := ServiceName(p.cfg.Snap, p.cfg.Service, path)
+	if p.svcNames == nil || len(p.svcNames) >= maxNames {
+		p.svcNames = map[nameKey]string{}
+	}
+	p.svcNames[k] = s
+	return s
+}
+
+func serviceDst(p *event.Path) netip.AddrPort {
+	dst := p.Original.Dst
+	if p.Reply {
+		dst = p.Original.Src
+	}
+	if p.Conntrack != nil {
+		dst = p.Conntrack.Original.Dst
+	}
+	return dst
 }
 
 // ServiceName returns the display name of the Service port a path used
@@ -179,13 +238,7 @@ func ServiceName(snap *meta.Snapshot, svc *meta.Service, p *event.Path) string {
 	if svc == nil {
 		return ""
 	}
-	dst := p.Original.Dst
-	if p.Reply {
-		dst = p.Original.Src
-	}
-	if p.Conntrack != nil {
-		dst = p.Conntrack.Original.Dst
-	}
+	dst := serviceDst(p)
 	if p.Original.Proto == event.ProtoICMP {
 		return svc.Namespace + "/" + svc.Name // an ICMP error about the Service's flow
 	}

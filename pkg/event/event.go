@@ -342,6 +342,13 @@ type Event struct {
 	// Netfilter position (KindNetfilter).
 	Hook     Hook `json:"hook"`
 	AfterNAT bool `json:"after_nat,omitempty"`
+	// CTReply: the packet travels in its conntrack entry's reply direction.
+	CTReply bool `json:"ct_reply_dir,omitempty"`
+	// PreNAT is, after NAT, the packet's tuple before this hook's rewrite,
+	// from its conntrack entry (set only when the hook rewrote it). The
+	// links before NAT are attached only at OUTPUT and INPUT: at the other
+	// hooks this is how the rewrite is known.
+	PreNAT Tuple `json:"pre_nat,omitzero"`
 	// NAT (KindNAT, KindNATBind).
 	NAT       NATType `json:"nat,omitempty"`
 	NATReply  bool    `json:"nat_reply_dir,omitempty"` // the rewrite applies to the reply direction

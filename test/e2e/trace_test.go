@@ -8,7 +8,9 @@ package e2e
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
+	"reflect"
 	"strings"
 	"syscall"
 	"testing"
@@ -236,4 +238,54 @@ func TestPerfBufferTransport(t *testing.T) {
 		t.Errorf("final stats %+v", st)
 	}
 	t.Logf("stderr: %s", tr.stderr.String())
+}
+
+// Where the kernel has bpf_rdonly_cast the programs read packets and
+// conntrack entries through it; --helper-reads keeps the helper calls that
+// older kernels use. Both read the same connection the same way: its
+// paths' tuples, TCP flags, rewrites and outcomes are equal.
+func TestCastAndHelperReadsAgree(t *testing.T) {
+	requireBackend(t)
+	spec, err := lab.Healthy(lab.VariantDefault)
+	l := upLab(t, spec, err)
+	client := podIP(t, l, lab.CurlPod)
+	vip := netip.MustParseAddr(lab.HostnamesIP)
+	type view struct {
+		Original, Final event.Tuple
+		Flags           uint8
+		NAT             []event.NATStep
+		Outcome         event.Outcome
+		Steps           []string
+	}
+	trace := func(port uint16, args ...string) view {
+		tr := startTrace(t, l, "node1", "hostnames", args...)
+		answer, err := l.Dial(context.Background(), lab.CurlPod, "tcp", "10.96.0.10:80", lab.WithSource(fmt.Sprintf(":%d", port)))
+		if err != nil || answer != lab.HostnamesPod {
+			t.Fatalf("dial: %q, %v", answer, err)
+		}
+		out := tr.stop(t, syscall.SIGINT)
+		syn := out.find(t, tup(netip.AddrPortFrom(client, port), netip.AddrPortFrom(vip, 80), 6))
+		v := view{Original: syn.Original, Final: syn.Final, Flags: syn.TCPFlags, NAT: syn.NAT, Outcome: syn.Result.Outcome}
+		for i := range v.NAT {
+			v.NAT[i].Before.Src = netip.AddrPortFrom(v.NAT[i].Before.Src.Addr(), 0)
+			v.NAT[i].After.Src = netip.AddrPortFrom(v.NAT[i].After.Src.Addr(), 0)
+		}
+		v.Original.Src = netip.AddrPortFrom(client, 0)
+		v.Final.Src = netip.AddrPortFrom(v.Final.Src.Addr(), 0)
+		for _, s := range syn.Steps {
+			v.Steps = append(v.Steps, s.Where)
+		}
+		if st := out.final(t); st.Lost != 0 || st.Events == 0 {
+			t.Errorf("final stats %+v", st)
+		}
+		return v
+	}
+	cast := trace(40128)
+	helper := trace(40129, "--helper-reads")
+	if cast.Flags != 0x02 || len(cast.NAT) != 1 || cast.Outcome != event.OutcomeDelivered {
+		t.Errorf("SYN read through casts: %+v", cast)
+	}
+	if !reflect.DeepEqual(cast, helper) {
+		t.Errorf("casts and helper calls read the SYN differently:\n%+v\n%+v", cast, helper)
+	}
 }
