@@ -82,7 +82,7 @@ func main() {
 	flag.StringVar(&o.bin, "bin", "", "svctrace binary (default: build one)")
 	flag.IntVar(&o.rounds, "rounds", 5, "A/B pairs per throughput figure")
 	flag.DurationVar(&o.stream, "stream", 2*time.Second, "length of one throughput run")
-	flag.IntVar(&o.rate, "rate", 9000, "UDP request/response exchanges/s offered in the event-rate run (each yields ~22 events: ~200,000 events/s)")
+	flag.IntVar(&o.rate, "rate", 13500, "UDP request/response exchanges/s offered in the event-rate run (each yields ~16 events: ~216,000 events/s)")
 	flag.IntVar(&o.seconds, "seconds", 10, "length of the event-rate run")
 	flag.StringVar(&o.tracerArgs, "tracer-args", "", "extra svctrace arguments for every run, e.g. \"--backend kprobe\" (in a VM kernel)")
 	flag.BoolVar(&o.bpfStats, "bpf-stats", false, "print each BPF program's runs and cost during the last traced run of each throughput figure")
