@@ -523,25 +523,20 @@ static __always_inline int match_ct(struct nf_conn *ct, struct config *cfg)
 {
 	if (!ct || !bpf_core_type_exists(struct nf_conn))
 		return 0;
-	struct tuple t = {};
+	struct nf_conntrack_tuple ot;
+	const struct nf_conntrack_tuple *o = &ot;
 	if (use_cast) {
 		const struct nf_conn *c = bpf_rdonly_cast(ct, bpf_core_type_id_kernel(struct nf_conn));
-		const struct nf_conntrack_tuple *o = &c->tuplehash[0].tuple;
-		t.saddr = o->src.u3.ip;
-		t.daddr = o->dst.u3.ip;
-		t.sport = bpf_ntohs(o->src.u.all);
-		t.dport = bpf_ntohs(o->dst.u.all);
-		t.proto = o->dst.protonum;
-		return match_tuple(&t, cfg);
-	}
-	struct nf_conntrack_tuple ot;
-	if (bpf_core_read(&ot, sizeof(ot), &ct->tuplehash[0].tuple))
+		o = &c->tuplehash[0].tuple;
+	} else if (bpf_core_read(&ot, sizeof(ot), &ct->tuplehash[0].tuple)) {
 		return 0;
-	t.saddr = ot.src.u3.ip;
-	t.daddr = ot.dst.u3.ip;
-	t.sport = bpf_ntohs(ot.src.u.all);
-	t.dport = bpf_ntohs(ot.dst.u.all);
-	t.proto = ot.dst.protonum;
+	}
+	struct tuple t = {};
+	t.saddr = o->src.u3.ip;
+	t.daddr = o->dst.u3.ip;
+	t.sport = bpf_ntohs(o->src.u.all);
+	t.dport = bpf_ntohs(o->dst.u.all);
+	t.proto = o->dst.protonum;
 	return match_tuple(&t, cfg);
 }
 
@@ -552,6 +547,22 @@ struct ip4_l4 {
 	__u16 dport;
 	__u8 l4[10]; // TCP: sequence, acknowledgement, data offset, flags (at 9)
 };
+
+// fill_l4 fills the tuple's transport part from the first word of the
+// transport header as it lies in memory (ports, or ICMP type and code) and
+// TCP's flags byte.
+static __always_inline void fill_l4(struct tuple *t, __u8 proto, __u16 sport, __u16 dport, __u8 tcp_flags)
+{
+	if (proto == IPPROTO_TCP_ || proto == IPPROTO_UDP_ || proto == IPPROTO_SCTP_) {
+		t->sport = bpf_ntohs(sport);
+		t->dport = bpf_ntohs(dport);
+		if (proto == IPPROTO_TCP_)
+			t->tcp_flags = tcp_flags;
+	} else if (proto == IPPROTO_ICMP_) {
+		t->sport = sport & 0xff;        // type
+		t->dport = (sport >> 8) & 0xff; // code
+	}
+}
 
 // parse_cast is parse_skb_id's body with loads through bpf_rdonly_cast
 // (use_cast) instead of bpf_probe_read_kernel: the header is typed as the
@@ -575,15 +586,8 @@ static __always_inline int parse_cast(const unsigned char *nhp, struct tuple *t,
 	const union tcp_word_hdr *l4 =
 		bpf_rdonly_cast(nhp + ihl, bpf_core_type_id_kernel(union tcp_word_hdr));
 	__u32 w0 = l4->words[0];
-	if (proto == IPPROTO_TCP_ || proto == IPPROTO_UDP_ || proto == IPPROTO_SCTP_) {
-		t->sport = bpf_ntohs((__u16)w0);
-		t->dport = bpf_ntohs((__u16)(w0 >> 16));
-		if (proto == IPPROTO_TCP_)
-			t->tcp_flags = (__u8)(l4->words[3] >> 8); // byte 13
-	} else if (proto == IPPROTO_ICMP_) {
-		t->sport = w0 & 0xff;        // type
-		t->dport = (w0 >> 8) & 0xff; // code
-	}
+	__u8 flags = proto == IPPROTO_TCP_ ? (__u8)(l4->words[3] >> 8) : 0; // byte 13
+	fill_l4(t, proto, (__u16)w0, (__u16)(w0 >> 16), flags);
 	return 0;
 }
 
@@ -627,15 +631,7 @@ static __always_inline int parse_skb_id(const struct sk_buff *skb, struct tuple 
 		if (bpf_probe_read_kernel(&h.sport, sizeof(h) - sizeof(struct ip4), head + nh + ihl))
 			return 0;
 	}
-	if (h.ip.proto == IPPROTO_TCP_ || h.ip.proto == IPPROTO_UDP_ || h.ip.proto == IPPROTO_SCTP_) {
-		t->sport = bpf_ntohs(h.sport);
-		t->dport = bpf_ntohs(h.dport);
-		if (h.ip.proto == IPPROTO_TCP_)
-			t->tcp_flags = h.l4[9];
-	} else if (h.ip.proto == IPPROTO_ICMP_) {
-		t->sport = h.sport & 0xff;        // type
-		t->dport = (h.sport >> 8) & 0xff; // code
-	}
+	fill_l4(t, h.ip.proto, h.sport, h.dport, h.l4[9]);
 	return 0;
 }
 
@@ -914,8 +910,7 @@ static __always_inline void fib_fill(struct event *e, const struct flowi4 *flp,
 {
 	e->table = table;
 	e->reason = (__u32)err;
-	e->flow_oif = RD(direct, flp, __fl_common.flowic_oif);
-	e->flow_iif = RD(direct, flp, __fl_common.flowic_iif);
+	e->flow_oif = RD(direct, flp, __fl_common.flowic_oif); // flow_iif: set with the event
 	if (nhc && err == 0) {
 		struct net_device *dev = RD(direct, nhc, nhc_dev);
 		if (dev) {
@@ -985,6 +980,8 @@ static __always_inline struct event *flow_event(const struct flowi4 *flp, __u32 
 	if (!e)
 		return 0;
 	e->pkt = t;
+	if (kind == EV_FIB)
+		e->flow_iif = iif;
 	return e;
 }
 
@@ -1003,10 +1000,12 @@ int BPF_PROG(tp_fib_table_lookup, u32 tb_id, const struct flowi4 *flp,
 		if (!e) {
 			if (!skb)
 				return 0;
-			e = ev_new(EV_FIB, SRC_TRACEPOINT, flp->__fl_common.flowic_iif == LOOPBACK_IFINDEX_);
+			__u32 iif = flp->__fl_common.flowic_iif;
+			e = ev_new(EV_FIB, SRC_TRACEPOINT, iif == LOOPBACK_IFINDEX_);
 			if (!e)
 				return 0;
 			flow_tuple(flp, &e->pkt, 1);
+			e->flow_iif = iif;
 		}
 		e->skb = skb;
 	}

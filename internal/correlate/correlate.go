@@ -695,44 +695,52 @@ func natSteps(evs []event.Event, out []event.NATStep) []event.NATStep {
 // again through OUTPUT, and rewrites replies between PREROUTING and
 // POSTROUTING.
 func netfilterRewrites(evs []event.Event, out []event.NATStep) []event.NATStep {
-	var prev *event.Event
-	var prevPkt event.Tuple
+	var prev nfView
+	seen := false
 	for i := range evs {
 		e := &evs[i]
 		if e.Kind != event.KindNetfilter {
 			continue
 		}
-		cur := e.Packet
-		if e.AfterNAT && e.PreNAT.Proto != 0 && (prev == nil || prev.Hook != e.Hook || prev.AfterNAT || prev.Netns != e.Netns) {
+		var views [2]nfView
+		n := 0
+		if e.AfterNAT && e.PreNAT.Proto != 0 && (!seen || prev.hook != e.Hook || prev.after || prev.netns != e.Netns) {
 			// No observation before this hook's NAT: the rebuilt one.
-			if prev != nil && prev.Netns == e.Netns && prevPkt != e.PreNAT {
-				out = append(out, rewrite(prev, prevPkt, e, e.PreNAT, true))
+			views[n] = nfView{hook: e.Hook, netns: e.Netns, pkt: e.PreNAT}
+			n++
+		}
+		views[n] = nfView{hook: e.Hook, after: e.AfterNAT, netns: e.Netns, pkt: e.Packet}
+		n++
+		for _, v := range views[:n] {
+			if seen && prev.netns == v.netns && prev.pkt != v.pkt {
+				out = append(out, rewrite(prev, v, e.Source))
 			}
-			out = append(out, event.NATStep{Type: natType(e.PreNAT, cur), By: "nf_nat", Hook: e.Hook.String(),
-				Before: e.PreNAT, After: cur, Source: e.Source})
-			prev, prevPkt = e, cur
-			continue
+			prev, seen = v, true
 		}
-		if prev != nil && prev.Netns == e.Netns && prevPkt != cur {
-			out = append(out, rewrite(prev, prevPkt, e, cur, false))
-		}
-		prev, prevPkt = e, cur
 	}
 	return out
 }
 
-// rewrite is the change between two netfilter observations of a packet:
-// nf_nat's between one hook's before and after NAT, else IPVS's. rebuilt
-// says the second is the view before NAT rebuilt from an observation after.
-func rewrite(prev *event.Event, before event.Tuple, e *event.Event, after event.Tuple, rebuilt bool) event.NATStep {
-	step := event.NATStep{Type: natType(before, after), By: "nf_nat", Hook: prev.Hook.String(),
-		Before: before, After: after, Source: e.Source}
-	if rebuilt || prev.Hook != e.Hook || prev.AfterNAT || !e.AfterNAT {
+// nfView is the packet as one netfilter observation saw it (or as the
+// decoder rebuilt it, before a hook's NAT).
+type nfView struct {
+	hook  event.Hook
+	after bool
+	netns uint32
+	pkt   event.Tuple
+}
+
+// rewrite is the change between two views of a packet: nf_nat's between
+// one hook's views before and after NAT, else IPVS's.
+func rewrite(prev, v nfView, src event.Source) event.NATStep {
+	step := event.NATStep{Type: natType(prev.pkt, v.pkt), By: "nf_nat", Hook: prev.hook.String(),
+		Before: prev.pkt, After: v.pkt, Source: src}
+	if prev.hook != v.hook || prev.after || !v.after {
 		step.By = "ipvs"
 		switch {
-		case prev.Hook == event.HookPreRouting && e.Hook == event.HookPostRouting:
+		case prev.hook == event.HookPreRouting && v.hook == event.HookPostRouting:
 			step.Hook = event.HookForward.String() // a reply, un-rewritten
-		case prev.Hook == event.HookPreRouting:
+		case prev.hook == event.HookPreRouting:
 			step.Hook = event.HookLocalIn.String()
 		}
 	}
@@ -1060,41 +1068,11 @@ func routeStep(e *event.Event) event.RouteStep {
 	return rs
 }
 
-// nfWhere names a netfilter position ("PREROUTING after NAT") without
-// building the string for every step.
-func nfWhere(h event.Hook, after bool) string {
-	switch {
-	case h == event.HookPreRouting && after:
-		return "PREROUTING after NAT"
-	case h == event.HookPreRouting:
-		return "PREROUTING before NAT"
-	case h == event.HookLocalIn && after:
-		return "INPUT after NAT"
-	case h == event.HookLocalIn:
-		return "INPUT before NAT"
-	case h == event.HookForward && after:
-		return "FORWARD after NAT"
-	case h == event.HookForward:
-		return "FORWARD before NAT"
-	case h == event.HookLocalOut && after:
-		return "OUTPUT after NAT"
-	case h == event.HookLocalOut:
-		return "OUTPUT before NAT"
-	case h == event.HookPostRouting && after:
-		return "POSTROUTING after NAT"
-	case h == event.HookPostRouting:
-		return "POSTROUTING before NAT"
-	case after:
-		return h.String() + " after NAT"
-	}
-	return h.String() + " before NAT"
-}
-
 func step(e *event.Event) event.Step {
 	s := event.Step{Time: e.Time, Kind: e.Kind, Source: e.Source, Netns: e.Netns, Packet: e.Packet}
 	switch e.Kind {
 	case event.KindNetfilter:
-		s.Where = nfWhere(e.Hook, e.AfterNAT)
+		s.Where = e.Hook.Where(e.AfterNAT)
 		switch {
 		case e.Hook == event.HookLocalOut && e.RouteIfindex != 0:
 			s.Ifindex = e.RouteIfindex

@@ -60,7 +60,7 @@ type Pipeline struct {
 	flows *flowFilter
 	stats event.Stats
 	// svcNames remembers ServiceName by Service address (serviceName).
-	svcNames map[nameKey]string
+	svcNames names
 	done     bool
 	err      error
 }
@@ -168,7 +168,7 @@ func (p *Pipeline) path(path *event.Path) {
 // same string for every packet of a flow was most of the enricher's work).
 type Namer struct {
 	Snap  *meta.Snapshot
-	cache map[nameKey]string
+	cache names
 }
 
 type nameKey struct {
@@ -176,12 +176,20 @@ type nameKey struct {
 	proto uint8
 }
 
-// maxNames bounds Namer's cache; it starts over when full.
+// names remembers display names by address; it starts over when it holds
+// maxNames.
+type names map[nameKey]string
+
 const maxNames = 4096
 
-func newNamer(snap *meta.Snapshot) *Namer {
-	return &Namer{Snap: snap, cache: map[nameKey]string{}}
+func (c *names) put(k nameKey, s string) {
+	if *c == nil || len(*c) >= maxNames {
+		*c = names{}
+	}
+	(*c)[k] = s
 }
+
+func newNamer(snap *meta.Snapshot) *Namer { return &Namer{Snap: snap} }
 
 // NameOf implements enrich.Namer.
 func (n *Namer) NameOf(ap netip.AddrPort, proto uint8) string {
@@ -196,10 +204,7 @@ func (n *Namer) NameOf(ap netip.AddrPort, proto uint8) string {
 	if nm := n.Snap.Name(ap.Addr(), ap.Port(), proto); nm.Known() {
 		s = nm.String()
 	}
-	if n.cache == nil || len(n.cache) >= maxNames {
-		n.cache = map[nameKey]string{}
-	}
-	n.cache[k] = s
+	n.cache.put(k, s)
 	return s
 }
 
@@ -214,10 +219,7 @@ func (p *Pipeline) serviceName(path *event.Path) string {
 		return s
 	}
 	s := ServiceName(p.cfg.Snap, p.cfg.Service, path)
-	if p.svcNames == nil || len(p.svcNames) >= maxNames {
-		p.svcNames = map[nameKey]string{}
-	}
-	p.svcNames[k] = s
+	p.svcNames.put(k, s)
 	return s
 }
 

@@ -71,11 +71,7 @@ type ServiceCounts struct {
 // HookName is the name Summary.Hooks counts an event under.
 func HookName(ev *event.Event) string {
 	if ev.Kind == event.KindNetfilter {
-		side := "before NAT"
-		if ev.AfterNAT {
-			side = "after NAT"
-		}
-		return "netfilter " + ev.Hook.String() + " " + side
+		return "netfilter " + ev.Hook.Where(ev.AfterNAT)
 	}
 	return ev.Kind.String()
 }

@@ -163,6 +163,27 @@ func (h Hook) String() string {
 	return fmt.Sprintf("hook(%d)", uint8(h))
 }
 
+// hookWheres are the hooks' positions before and after NAT, built once.
+var hookWheres = [...][2]string{
+	{"PREROUTING before NAT", "PREROUTING after NAT"},
+	{"INPUT before NAT", "INPUT after NAT"},
+	{"FORWARD before NAT", "FORWARD after NAT"},
+	{"OUTPUT before NAT", "OUTPUT after NAT"},
+	{"POSTROUTING before NAT", "POSTROUTING after NAT"},
+}
+
+// Where names a position at the hook: "PREROUTING after NAT".
+func (h Hook) Where(afterNAT bool) string {
+	i := 0
+	if afterNAT {
+		i = 1
+	}
+	if int(h) < len(hookWheres) {
+		return hookWheres[h][i]
+	}
+	return h.String() + [2]string{" before NAT", " after NAT"}[i]
+}
+
 // MarshalText implements encoding.TextMarshaler.
 func (h Hook) MarshalText() ([]byte, error) { return []byte(h.String()), nil }
 
