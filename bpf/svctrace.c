@@ -27,6 +27,7 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 #define ETH_P_IP 0x0800
 #define NF_ACCEPT 1
 #define LOOPBACK_IFINDEX_ 1
+#define TCX_NEXT_ (-1) // enum tcx_action_base: let the next program (and the stack) have the packet
 #define IP_CT_IS_REPLY_ 3 // enum ip_conntrack_info: this and above are reply-direction packets
 #define TCP_SYN_SENT 2
 #define IPPROTO_ICMP_ 1
@@ -60,6 +61,7 @@ enum event_source {
 	SRC_TRACEPOINT = 2,
 	SRC_KPROBE = 3,
 	SRC_FENTRY = 4,
+	SRC_TC = 5, // tcx program on one interface
 };
 
 // Index into the per-CPU counters map.
@@ -139,8 +141,12 @@ volatile const __u32 consumed_reason = 0xffffffff; // SKB_CONSUMED in this kerne
 // with plain loads through a cast instead of bpf_probe_read_kernel calls
 // (a helper call each: half the cost of a run on traffic not traced).
 volatile const __u32 use_cast = 0;
+// Benchmarks only: every packet program returns before looking at the
+// packet, so a run measures what the kernel spends calling the hooks.
+volatile const __u32 noop_progs = 0;
 
 extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym __weak;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -786,6 +792,8 @@ static __always_inline void ev_submit(void *ctx, struct event *e)
 static __always_inline struct event *skb_event(const struct sk_buff *skb, __u32 kind,
 					       __u8 source, int with_task, const int direct)
 {
+	if (noop_progs)
+		return 0;
 	struct tuple t = {};
 	__u16 ipid = 0;
 	struct pkt_loc loc;
@@ -965,6 +973,8 @@ static __always_inline void note_fib(const struct event *e)
 static __always_inline struct event *flow_event(const struct flowi4 *flp, __u32 kind, __u8 source,
 						int failed, const int direct)
 {
+	if (noop_progs)
+		return 0;
 	struct tuple t = {};
 	flow_tuple(flp, &t, direct);
 	if (!flow_match(&t, failed))
@@ -990,7 +1000,7 @@ int BPF_PROG(tp_fib_table_lookup, u32 tb_id, const struct flowi4 *flp,
 	     const struct fib_nh_common *nhc, int err)
 {
 	struct event *e = flow_event(flp, EV_FIB, SRC_TRACEPOINT, err != 0, 1);
-	if (!e && !err)
+	if (!e && (!err || noop_progs))
 		return 0;
 	if (err) {
 		// A failed lookup right after a traced packet was seen on this CPU
@@ -1041,7 +1051,7 @@ int BPF_PROG(tp_icmp_send, const struct sk_buff *skb, int type, int code)
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(tp_sock_set_state, const struct sock *sk, int oldstate, int newstate)
 {
-	if (newstate != TCP_SYN_SENT)
+	if (noop_progs || newstate != TCP_SYN_SENT)
 		return 0;
 	if (sk->__sk_common.skc_family != AF_INET)
 		return 0;
@@ -1065,9 +1075,9 @@ int BPF_PROG(tp_sock_set_state, const struct sock *sk, int oldstate, int newstat
 	return 0;
 }
 
-static __always_inline void dev_event(void *ctx, const struct sk_buff *skb, __u32 kind)
+static __always_inline void dev_event(void *ctx, const struct sk_buff *skb, __u32 kind, __u8 source)
 {
-	struct event *e = skb_event(skb, kind, SRC_TRACEPOINT, 0, 1);
+	struct event *e = skb_event(skb, kind, source, 0, 1);
 	if (!e)
 		return;
 	struct net_device *dev = skb->dev;
@@ -1079,15 +1089,36 @@ static __always_inline void dev_event(void *ctx, const struct sk_buff *skb, __u3
 SEC("tp_btf/netif_receive_skb")
 int BPF_PROG(tp_netif_receive_skb, struct sk_buff *skb)
 {
-	dev_event(ctx, skb, EV_RECV);
+	dev_event(ctx, skb, EV_RECV, SRC_TRACEPOINT);
 	return 0;
 }
 
 SEC("tp_btf/net_dev_queue")
 int BPF_PROG(tp_net_dev_queue, struct sk_buff *skb)
 {
-	dev_event(ctx, skb, EV_XMIT);
+	dev_event(ctx, skb, EV_XMIT, SRC_TRACEPOINT);
 	return 0;
+}
+
+// The same two events from tcx programs attached to chosen interfaces only
+// (the traced Service's backend pods: attach.Probes.SetDevices), so that
+// traffic elsewhere on the machine runs no program for them (the two
+// tracepoints run for every packet on every device). tcx ingress sees what
+// netif_receive_skb does, tcx egress what net_dev_queue does; the kernel's
+// sk_buff (the identity the correlator follows across hooks) is the
+// context's. Both pass every packet on (TCX_NEXT).
+SEC("tcx/ingress")
+int tcx_recv(struct __sk_buff *ctx)
+{
+	dev_event(ctx, bpf_cast_to_kern_ctx(ctx), EV_RECV, SRC_TC);
+	return TCX_NEXT_;
+}
+
+SEC("tcx/egress")
+int tcx_xmit(struct __sk_buff *ctx)
+{
+	dev_event(ctx, bpf_cast_to_kern_ctx(ctx), EV_XMIT, SRC_TC);
+	return TCX_NEXT_;
 }
 
 /* ---------------------------------------------------------------------------
@@ -1100,6 +1131,8 @@ int BPF_PROG(tp_net_dev_queue, struct sk_buff *skb)
 static __always_inline void nat_manip(void *ctx, struct sk_buff *skb, struct nf_conn *ct,
 				      __u32 mtype, __u32 dir, __u8 source)
 {
+	if (noop_progs)
+		return;
 	struct tuple t = {};
 	__u16 ipid = 0;
 	struct pkt_loc loc;

@@ -53,6 +53,31 @@ type Options struct {
 	// NoCast keeps the helper-call reads of packets and conntrack entries
 	// even where bpf_rdonly_cast would do (tests of that path).
 	NoCast bool
+	// NoopPrograms attaches every hook with programs that return before
+	// looking at the packet (benchmarks: the kernel's cost of calling the
+	// hooks, apart from the programs' own work). Nothing is traced.
+	NoopPrograms bool
+	// DeviceHooks chooses where device events come from: DevicesPods (the
+	// default where the kernel allows it: tcx programs on the interfaces
+	// SetDevices names, the Service's backend pods; traffic elsewhere runs
+	// no device program) or DevicesAll (tracepoints: every device in every
+	// namespace, at a cost to every packet on the machine).
+	DeviceHooks string
+}
+
+// DeviceHooks values.
+const (
+	DevicesPods = "pods"
+	DevicesAll  = "all"
+)
+
+// ParseDeviceHooks validates a --device-hooks value.
+func ParseDeviceHooks(s string) (string, error) {
+	switch s {
+	case DevicesPods, DevicesAll:
+		return s, nil
+	}
+	return "", fmt.Errorf("unknown device hooks %q: use pods or all", s)
 }
 
 // HookStatus reports what happened to one hook.
@@ -80,6 +105,9 @@ type Probes struct {
 	ownBTF  bool
 	btf     *kernel.BTF
 	filter  filterState
+	// tc holds the tcx device programs (devices hook in its tc flavour)
+	// and their links, per interface, as SetDevices last chose them.
+	tc tcDevices
 }
 
 // Load loads and attaches every hook it can. It fails only when nothing
@@ -141,6 +169,13 @@ func Load(opts Options) (_ *Probes, err error) {
 		}
 		for _, im := range h.impls {
 			if !allowed(opts.Backend, h, im.flavour) {
+				continue
+			}
+			if im.flavour == implTC && opts.DeviceHooks == DevicesAll {
+				continue
+			}
+			if im.needs != "" && attached[im.needs] == "" {
+				st.Tried = append(st.Tried, fmt.Sprintf("%s: needs the %s hook", im.flavour, im.needs))
 				continue
 			}
 			if im.derived != "" {
@@ -286,6 +321,13 @@ func (p *Probes) loadSpec() error {
 	if err := spec.Variables["use_cast"].Set(cast); err != nil {
 		return fmt.Errorf("set use_cast: %w", err)
 	}
+	var noop uint32
+	if p.opts.NoopPrograms {
+		noop = 1
+	}
+	if err := spec.Variables["noop_progs"].Set(noop); err != nil {
+		return fmt.Errorf("set noop_progs: %w", err)
+	}
 	if usePerf {
 		// The ring buffer code is dead (use_perf is constant); give the map
 		// a type every kernel can create.
@@ -377,9 +419,17 @@ func describe(im impl) string {
 			parts = append(parts, "tp_btf:"+pa.target)
 		case attachFentry:
 			parts = append(parts, im.flavour+":"+pa.target)
+		case attachTCXIngress:
+			parts = append(parts, "tcx ingress")
+		case attachTCXEgress:
+			parts = append(parts, "tcx egress")
 		}
 	}
-	return strings.Join(parts, ", ")
+	d := strings.Join(parts, ", ")
+	if im.flavour == implTC {
+		d += " on the Service's backend pods' interfaces (attached as they are found; --device-hooks all: tracepoints on every device)"
+	}
+	return d
 }
 
 func (p *Probes) attachOne(pa progAttach, prog *ebpf.Program) ([]link.Link, error) {
@@ -404,6 +454,10 @@ func (p *Probes) attachOne(pa progAttach, prog *ebpf.Program) ([]link.Link, erro
 		return []link.Link{l}, nil
 	case attachNetfilter:
 		return p.attachNetfilter(pa.prog, prog)
+	case attachTCXIngress, attachTCXEgress:
+		// Attached per interface by SetDevices.
+		p.tc.progs = append(p.tc.progs, tcProg{prog: prog, kind: pa.kind})
+		return nil, nil
 	}
 	return nil, fmt.Errorf("unknown attach kind %d", pa.kind)
 }
@@ -525,6 +579,9 @@ func (p *Probes) Map(name string) *ebpf.Map { return p.shared[name] }
 // Close detaches every link and releases every program and map.
 func (p *Probes) Close() error {
 	var errs []error
+	if err := p.tc.close(); err != nil {
+		errs = append(errs, err)
+	}
 	for _, l := range p.links {
 		if err := l.Close(); err != nil {
 			errs = append(errs, err)

@@ -71,15 +71,28 @@ func TestLoadAttachAndRelease(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := map[string]string{}
+	devicesTried := ""
 	for _, st := range p.Plan() {
 		got[st.Hook] = st.Impl
+		if st.Hook == "devices" {
+			devicesTried = strings.Join(st.Tried, "; ")
+		}
 		if st.Impl == "" && st.Skipped == "" {
 			t.Errorf("hook %s neither attached nor skipped", st.Hook)
 		}
 	}
+	// Device events from tcx programs where the kernel has tcx links
+	// (6.6+); netfilter links alone (6.4, 6.5): the tracepoints.
+	devices, deviceLinks := "tc", 0
+	if tcCheck(&env{btf: mustBTF(t)}) != nil {
+		devices, deviceLinks = "tracepoint", 2
+		if !strings.HasPrefix(devicesTried, "tc: ") {
+			t.Errorf("devices hook without tcx: tried %q, want the tc flavour's reason", devicesTried)
+		}
+	}
 	for hook, want := range map[string]string{
 		"netfilter": "netfilter", "nat": "netfilter", "route": "tracepoint",
-		"drop": "tracepoint", "devices": "tracepoint", "source": "tracepoint",
+		"drop": "tracepoint", "devices": devices, "source": "tracepoint",
 	} {
 		if got[hook] != want {
 			t.Errorf("hook %s uses %q, want %q", hook, got[hook], want)
@@ -87,9 +100,10 @@ func TestLoadAttachAndRelease(t *testing.T) {
 	}
 	during := ourLinks(t)
 	// 6 netfilter links (before NAT at OUTPUT and INPUT, after NAT at all
-	// four NAT hooks) plus one per tracepoint.
-	if n := len(during) - len(before); n != 6+6 {
-		t.Errorf("%d links attached, want 12 (6 netfilter, 6 tracepoints): %v", n, during)
+	// four NAT hooks) plus one per tracepoint; the tc device programs wait
+	// for SetDevices.
+	if n := len(during) - len(before); n != 6+4+deviceLinks {
+		t.Errorf("%d links attached, want %d (6 netfilter, %d tracepoints): %v", n, 6+4+deviceLinks, 4+deviceLinks, during)
 	}
 	if err := p.Close(); err != nil {
 		t.Fatal(err)
@@ -265,3 +279,62 @@ func count(t *testing.T, m *ebpf.Map) int {
 }
 
 func TestMain(m *testing.M) { os.Exit(m.Run()) }
+
+func mustBTF(t *testing.T) *kernel.BTF {
+	t.Helper()
+	b, err := kernel.LoadBTF()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestNoopPrograms attaches the same hooks twice, tracing everything, while
+// the namespace talks to itself: the real programs emit events, the programs
+// that return at once (the benchmark's measure of the hooks' own cost)
+// attach every hook alike and emit none.
+func TestNoopPrograms(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.SkipIfMissing(t, "BPF netfilter links (6.4+)", kernel.HaveNetfilterLink())
+	ns := newNetns(t)
+	name := ns[strings.LastIndex(ns, "/")+1:]
+	if out, err := exec.Command("ip", "-n", name, "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		t.Fatalf("lo up: %v: %s", err, out)
+	}
+	events := func(noop bool) (uint64, []HookStatus) {
+		p, err := Load(Options{Backend: BackendNetfilter, NetnsPath: ns, NoopPrograms: noop})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close()
+		if _, err := p.SetFilter(nil, true); err != nil {
+			t.Fatal(err)
+		}
+		udpEcho(t, ns, ns, netip.MustParseAddrPort("127.0.0.1:9999"), 3)
+		c, err := p.Counters()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var n uint64
+		for i := range c.Emitted {
+			n += c.Emitted[i] + c.Lost[i]
+		}
+		return n, p.Plan()
+	}
+	real, realPlan := events(false)
+	noop, noopPlan := events(true)
+	if real == 0 {
+		t.Errorf("the real programs emitted no event for the namespace's pings")
+	}
+	if noop != 0 {
+		t.Errorf("the programs returning at once emitted %d events", noop)
+	}
+	if len(realPlan) != len(noopPlan) {
+		t.Fatalf("plans differ: %v vs %v", realPlan, noopPlan)
+	}
+	for i := range realPlan {
+		if realPlan[i].Impl != noopPlan[i].Impl {
+			t.Errorf("hook %s: %q with the real programs, %q with the ones returning at once", realPlan[i].Hook, realPlan[i].Impl, noopPlan[i].Impl)
+		}
+	}
+}

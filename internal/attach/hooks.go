@@ -36,6 +36,7 @@ const (
 	implKprobe     = "kprobe"
 	implTracepoint = "tracepoint"
 	implNetfilter  = "netfilter"
+	implTC         = "tc"
 )
 
 type attachKind int
@@ -46,6 +47,10 @@ const (
 	attachKretprobe
 	attachTracepoint // tp_btf
 	attachNetfilter
+	// attachTCX programs are loaded with their hook and attached later, to
+	// the interfaces Probes.SetDevices names (tcx: ingress or egress).
+	attachTCXIngress
+	attachTCXEgress
 )
 
 // progAttach is one program of an implementation and where it goes.
@@ -64,6 +69,10 @@ type impl struct {
 	// derived means the hook's data comes from another hook's programs
 	// (NAT steps from the netfilter links); nothing is loaded for it.
 	derived string
+	// needs names a hook that must be attached for this implementation to
+	// be used (the tc device programs leave the node's own devices to the
+	// netfilter links).
+	needs string
 }
 
 // hookDef is a logical observation point with its implementations in order
@@ -134,6 +143,18 @@ func kprobeCheck(inner func(*env) error) func(*env) error {
 }
 
 func netfilterCheck(*env) error { return kernel.HaveNetfilterLink() }
+
+// tcCheck: tcx links (6.6+) and bpf_cast_to_kern_ctx (6.2+, the sk_buff
+// the other hooks see) in the kernel.
+func tcCheck(e *env) error {
+	if _, _, err := e.btf.Func("tcx_prog_attach"); err != nil {
+		return fmt.Errorf("no tcx links in this kernel (6.6+): %w", err)
+	}
+	if _, _, err := e.btf.Func("bpf_cast_to_kern_ctx"); err != nil {
+		return fmt.Errorf("no bpf_cast_to_kern_ctx in this kernel (6.2+): %w", err)
+	}
+	return nil
+}
 
 const (
 	pSkb   = "struct sk_buff *"
@@ -304,15 +325,24 @@ func hookTable() []hookDef {
 		},
 		{
 			name: "devices", about: "packets received by and queued to devices",
-			impls: []impl{{flavour: implTracepoint, progs: []progAttach{
-				{"tp_netif_receive_skb", attachTracepoint, "netif_receive_skb"},
-				{"tp_net_dev_queue", attachTracepoint, "net_dev_queue"}},
-				check: func(e *env) error {
-					if err := tracepointCheck("netif_receive_skb", 1)(e); err != nil {
-						return err
-					}
-					return tracepointCheck("net_dev_queue", 1)(e)
-				}}},
+			impls: []impl{
+				// Where the node's netfilter links see its own devices' traffic:
+				// tcx programs on the Service's backend pods' interfaces only
+				// (unless DeviceHooks is "all").
+				{flavour: implTC, progs: []progAttach{
+					{prog: "tcx_recv", kind: attachTCXIngress},
+					{prog: "tcx_xmit", kind: attachTCXEgress}},
+					check: tcCheck, needs: "netfilter"},
+				{flavour: implTracepoint, progs: []progAttach{
+					{"tp_netif_receive_skb", attachTracepoint, "netif_receive_skb"},
+					{"tp_net_dev_queue", attachTracepoint, "net_dev_queue"}},
+					check: func(e *env) error {
+						if err := tracepointCheck("netif_receive_skb", 1)(e); err != nil {
+							return err
+						}
+						return tracepointCheck("net_dev_queue", 1)(e)
+					}},
+			},
 		},
 	}
 }
@@ -325,7 +355,7 @@ func allowed(b Backend, h hookDef, flavour string) bool {
 	case BackendAuto:
 		return true
 	case BackendNetfilter:
-		return flavour == implNetfilter || flavour == implTracepoint
+		return flavour == implNetfilter || flavour == implTracepoint || flavour == implTC
 	case BackendFentry, BackendKprobe:
 		if h.name == "netfilter" {
 			return false

@@ -94,6 +94,7 @@ const (
 	SvctraceEventSourceSRC_TRACEPOINT SvctraceEventSource = 2
 	SvctraceEventSourceSRC_KPROBE     SvctraceEventSource = 3
 	SvctraceEventSourceSRC_FENTRY     SvctraceEventSource = 4
+	SvctraceEventSourceSRC_TC         SvctraceEventSource = 5
 )
 
 type SvctraceFilterBits struct {
@@ -198,6 +199,8 @@ const (
 	SvctraceProgKrpRouteOutput       = "krp_route_output"
 	SvctraceProgNfAfter              = "nf_after"
 	SvctraceProgNfBefore             = "nf_before"
+	SvctraceProgTcxRecv              = "tcx_recv"
+	SvctraceProgTcxXmit              = "tcx_xmit"
 	SvctraceProgTpFibTableLookup     = "tp_fib_table_lookup"
 	SvctraceProgTpIcmpSend           = "tp_icmp_send"
 	SvctraceProgTpKfreeSkb           = "tp_kfree_skb"
@@ -206,6 +209,7 @@ const (
 	SvctraceProgTpNetifReceiveSkb    = "tp_netif_receive_skb"
 	SvctraceProgTpSockSetState       = "tp_sock_set_state"
 	SvctraceVarConsumedReason        = "consumed_reason"
+	SvctraceVarNoopProgs             = "noop_progs"
 	SvctraceVarUnusedConfig          = "unused_config"
 	SvctraceVarUnusedCounterIdx      = "unused_counter_idx"
 	SvctraceVarUnusedEvent           = "unused_event"
@@ -285,6 +289,8 @@ type SvctraceProgramSpecs struct {
 	KrpRouteOutput       *ebpf.ProgramSpec `ebpf:"krp_route_output"`
 	NfAfter              *ebpf.ProgramSpec `ebpf:"nf_after"`
 	NfBefore             *ebpf.ProgramSpec `ebpf:"nf_before"`
+	TcxRecv              *ebpf.ProgramSpec `ebpf:"tcx_recv"`
+	TcxXmit              *ebpf.ProgramSpec `ebpf:"tcx_xmit"`
 	TpFibTableLookup     *ebpf.ProgramSpec `ebpf:"tp_fib_table_lookup"`
 	TpIcmpSend           *ebpf.ProgramSpec `ebpf:"tp_icmp_send"`
 	TpKfreeSkb           *ebpf.ProgramSpec `ebpf:"tp_kfree_skb"`
@@ -319,6 +325,7 @@ type SvctraceMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type SvctraceVariableSpecs struct {
 	ConsumedReason    *ebpf.VariableSpec `ebpf:"consumed_reason"`
+	NoopProgs         *ebpf.VariableSpec `ebpf:"noop_progs"`
 	UnusedConfig      *ebpf.VariableSpec `ebpf:"unused_config"`
 	UnusedCounterIdx  *ebpf.VariableSpec `ebpf:"unused_counter_idx"`
 	UnusedEvent       *ebpf.VariableSpec `ebpf:"unused_event"`
@@ -390,6 +397,7 @@ func (m *SvctraceMaps) Close() error {
 // It can be passed to LoadSvctraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SvctraceVariables struct {
 	ConsumedReason    *ebpf.Variable `ebpf:"consumed_reason"`
+	NoopProgs         *ebpf.Variable `ebpf:"noop_progs"`
 	UnusedConfig      *ebpf.Variable `ebpf:"unused_config"`
 	UnusedCounterIdx  *ebpf.Variable `ebpf:"unused_counter_idx"`
 	UnusedEvent       *ebpf.Variable `ebpf:"unused_event"`
@@ -431,6 +439,8 @@ type SvctracePrograms struct {
 	KrpRouteOutput       *ebpf.Program `ebpf:"krp_route_output"`
 	NfAfter              *ebpf.Program `ebpf:"nf_after"`
 	NfBefore             *ebpf.Program `ebpf:"nf_before"`
+	TcxRecv              *ebpf.Program `ebpf:"tcx_recv"`
+	TcxXmit              *ebpf.Program `ebpf:"tcx_xmit"`
 	TpFibTableLookup     *ebpf.Program `ebpf:"tp_fib_table_lookup"`
 	TpIcmpSend           *ebpf.Program `ebpf:"tp_icmp_send"`
 	TpKfreeSkb           *ebpf.Program `ebpf:"tp_kfree_skb"`
@@ -468,6 +478,8 @@ func (p *SvctracePrograms) Close() error {
 		p.KrpRouteOutput,
 		p.NfAfter,
 		p.NfBefore,
+		p.TcxRecv,
+		p.TcxXmit,
 		p.TpFibTableLookup,
 		p.TpIcmpSend,
 		p.TpKfreeSkb,

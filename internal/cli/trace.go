@@ -40,6 +40,7 @@ type traceOptions struct {
 	node       string
 
 	backendV attach.Backend
+	devices  string
 	notices  chan string // from the metadata source (API server lost / back)
 	ringSize uint32
 	perFlow  uint32
@@ -47,7 +48,9 @@ type traceOptions struct {
 	cpuProf  string
 	// helperReads keeps the programs' helper-call reads (attach.Options.NoCast).
 	helperReads bool
-	memProf     string
+	// noopPrograms attaches programs that do nothing (attach.Options.NoopPrograms).
+	noopPrograms bool
+	memProf      string
 	kubeOptions
 	recordOptions
 }
@@ -58,6 +61,7 @@ func (o *traceOptions) addFlags(c *cobra.Command) {
 	o.addKubeFlags(c)
 	o.addRecordFlags(c)
 	f.StringVar(&o.manifests, "manifests", "", "file or folder of Service, EndpointSlice, Pod and Node objects (YAML or JSON, as 'kubectl get -o yaml' writes them)")
+	f.StringVar(&o.devices, "device-hooks", attach.DevicesPods, "where device events (received by / queued to an interface) come from: pods (tc programs on the Service's backend pods' interfaces on this machine, where the node's netfilter links are attached and the kernel has tcx, 6.6+: other traffic runs no device program) or all (tracepoints on every interface of every namespace: the client's side and other namespaces too, at a cost to every packet on the machine)")
 	f.StringVar(&o.backend, "backend", "auto", "how to attach to kernel functions: auto (fentry, then kprobe, then stable, per hook), fentry, kprobe, or netfilter (tracepoints + BPF netfilter links only)")
 	f.StringVar(&o.netns, "netns", "", "network namespace of the node (a path like /run/netns/node1, or a name in /run/netns); default: svctrace's own")
 	f.StringVarP(&o.output, "output", "o", "text", "output format: text or json (JSON lines, each with a \"type\")")
@@ -84,6 +88,8 @@ func (o *traceOptions) addFlags(c *cobra.Command) {
 	_ = f.MarkHidden("perf-buffer")
 	f.BoolVar(&o.helperReads, "helper-reads", false, "read packets and conntrack entries with bpf_probe_read_kernel even where bpf_rdonly_cast is there (testing)")
 	_ = f.MarkHidden("helper-reads")
+	f.BoolVar(&o.noopPrograms, "noop-programs", false, "attach every hook with programs that return before looking at the packet: traces nothing (benchmarks: the kernel's cost of the hooks themselves)")
+	_ = f.MarkHidden("noop-programs")
 	_ = f.MarkHidden("ring-buffer-size")
 	f.StringVar(&o.cpuProf, "cpuprofile", "", "write a Go CPU profile of svctrace itself to this file (debugging)")
 	_ = f.MarkHidden("cpuprofile")
@@ -111,6 +117,9 @@ func (o *traceOptions) complete(c *cobra.Command) error {
 		return usageErr(err)
 	}
 	o.backendV = b
+	if _, err := attach.ParseDeviceHooks(o.devices); err != nil {
+		return usageErr(err)
+	}
 	if err := checkHookNames(o.skip); err != nil {
 		return usageErr(err)
 	}
@@ -187,6 +196,8 @@ func (o *traceOptions) run(ctx context.Context) error {
 			NetnsPath:      o.netns,
 			PerfBuffer:     o.perf,
 			NoCast:         o.helperReads,
+			NoopPrograms:   o.noopPrograms,
+			DeviceHooks:    o.devices,
 			RingBufSize:    o.ringSize,
 			PacketsPerFlow: o.perFlow,
 			SkipHooks:      o.skip,

@@ -248,6 +248,21 @@ func Run(ctx context.Context, cfg Config) (*event.Stats, error) {
 	} else if skipped > 0 {
 		fmt.Fprintf(warn, "svctrace: %d IPv6 addresses of the service are not traced (IPv4 only)\n", skipped)
 	}
+	// Device events from the backend pods' interfaces (the tc flavour):
+	// attached now, then kept up with endpoints and pods.
+	var devMsgs <-chan string
+	var devWatch *deviceWatch
+	if probes.UsesDevices() {
+		devWatch = newDeviceWatch(probes, []uint32{probes.NetnsInode(), netnsInode("/proc/1/ns/net")})
+		addrs := backendAddrs(entries)
+		if msg := devWatch.sync(addrs); msg != "" {
+			fmt.Fprintf(warn, "svctrace: %s\n", msg)
+		}
+		wctx, stop := context.WithCancel(ctx)
+		defer func() { stop(); devWatch.wait() }()
+		devWatch.run(wctx, addrs)
+		devMsgs = devWatch.msgs
+	}
 	reader, err := probes.NewReader()
 	if err != nil {
 		return nil, err
@@ -328,6 +343,9 @@ func Run(ctx context.Context, cfg Config) (*event.Stats, error) {
 		}
 		if _, err := probes.SetFilter(nentries, cfg.TraceAll); err != nil {
 			fmt.Fprintf(warn, "svctrace: update filter: %v\n", err)
+		}
+		if devWatch != nil {
+			devWatch.update(backendAddrs(nentries))
 		}
 		if changed := filterChange(entries, nentries); changed != "" {
 			_ = cfg.Renderer.Record(notice(fmt.Sprintf("%s/%s changed: %s; filter updated", nsvc.Namespace, nsvc.Name, changed)))
@@ -423,6 +441,8 @@ func Run(ctx context.Context, cfg Config) (*event.Stats, error) {
 				updates = nil
 			}
 		case msg := <-cfg.Notices:
+			_ = cfg.Renderer.Record(notice(msg))
+		case msg := <-devMsgs:
 			_ = cfg.Renderer.Record(notice(msg))
 		default:
 		}

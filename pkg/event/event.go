@@ -106,6 +106,7 @@ const (
 	SourceTracepoint Source = 2 // BTF tracepoint
 	SourceKprobe     Source = 3 // kprobe / kretprobe
 	SourceFentry     Source = 4 // fentry / fexit
+	SourceTC         Source = 5 // tcx program on one interface
 )
 
 var sourceNames = [...]string{
@@ -113,6 +114,7 @@ var sourceNames = [...]string{
 	SourceTracepoint: "tracepoint",
 	SourceKprobe:     "kprobe",
 	SourceFentry:     "fentry",
+	SourceTC:         "tc",
 }
 
 // String returns the source's schema name.

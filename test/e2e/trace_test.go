@@ -120,7 +120,14 @@ func TestHealthyClusterIP(t *testing.T) {
 			t.Errorf("SYN-ACK: reply %v NAT %+v", synack.Reply, synack.NAT)
 		}
 	}
-	if synack.Result.Outcome != event.OutcomeDelivered {
+	switch {
+	case plan["devices"] == "tc":
+		// Device programs on the backend pods' interfaces only: the reply
+		// is last seen leaving the node towards the client pod's veth.
+		if synack.Result.Outcome != event.OutcomeForwarded || !strings.HasPrefix(synack.Result.Dev, "cali") {
+			t.Errorf("SYN-ACK outcome %s on %q, want forwarded to the client pod's cali veth", synack.Result.Outcome, synack.Result.Dev)
+		}
+	case synack.Result.Outcome != event.OutcomeDelivered:
 		t.Errorf("SYN-ACK outcome %s", synack.Result.Outcome)
 	}
 
@@ -287,5 +294,59 @@ func TestCastAndHelperReadsAgree(t *testing.T) {
 	}
 	if !reflect.DeepEqual(cast, helper) {
 		t.Errorf("casts and helper calls read the SYN differently:\n%+v\n%+v", cast, helper)
+	}
+}
+
+// TestDeviceHooks: by default (where the node's netfilter links are
+// attached and the kernel has tcx) device events come from the traced
+// Service's backend pod's interface only; with --device-hooks all they come
+// from every interface (tracepoints), the client pod's too, so the reply is
+// seen delivered in the client pod.
+func TestDeviceHooks(t *testing.T) {
+	_, plan := requirePlan(t)
+	spec, err := lab.Healthy(lab.VariantDefault)
+	l := upLab(t, spec, err)
+	client := podIP(t, l, lab.CurlPod)
+	backend := podIP(t, l, lab.HostnamesPod)
+	vip := netip.MustParseAddr(lab.HostnamesIP)
+	devSteps := func(p *event.Path) map[event.Source][]string {
+		out := map[event.Source][]string{}
+		for _, s := range p.Steps {
+			if s.Kind == event.KindRecv || s.Kind == event.KindXmit {
+				out[s.Source] = append(out[s.Source], s.Where+" "+s.Dev)
+			}
+		}
+		return out
+	}
+	for i, mode := range []string{"pods", "all"} {
+		tr := startTrace(t, l, "node1", "hostnames", "--device-hooks", mode)
+		port := uint16(40200 + i)
+		answer, err := l.Dial(context.Background(), lab.CurlPod, "tcp", "10.96.0.10:80", lab.WithSource(fmt.Sprintf(":%d", port)))
+		if err != nil || answer != lab.HostnamesPod {
+			t.Fatalf("%s: TCP through the ClusterIP: %q, %v", mode, answer, err)
+		}
+		out := tr.stop(t, syscall.SIGINT)
+		syn := out.find(t, tup(netip.AddrPortFrom(client, port), netip.AddrPortFrom(vip, 80), 6))
+		synack := out.find(t, tup(netip.AddrPortFrom(backend, 9376), netip.AddrPortFrom(client, port), 6))
+		sd, ad := devSteps(syn), devSteps(synack)
+		if mode == "pods" && plan["devices"] == "tc" {
+			// The SYN received on the backend's eth0, the SYN-ACK queued
+			// there; nothing of the client pod's side.
+			if len(sd[event.SourceTC]) != 1 || len(sd[event.SourceTracepoint]) != 0 || syn.Result.Outcome != event.OutcomeDelivered {
+				t.Errorf("pods: SYN device steps %v, outcome %s; want one tc step, delivered", sd, syn.Result.Outcome)
+			}
+			if len(ad[event.SourceTC]) != 1 || len(ad[event.SourceTracepoint]) != 0 || synack.Result.Outcome != event.OutcomeForwarded {
+				t.Errorf("pods: SYN-ACK device steps %v, outcome %s; want one tc step, forwarded", ad, synack.Result.Outcome)
+			}
+			continue
+		}
+		// Every interface on the way: the client pod's eth0, the node's
+		// two veths, the backend's eth0.
+		if len(sd[event.SourceTracepoint]) != 4 || len(sd[event.SourceTC]) != 0 || syn.Result.Outcome != event.OutcomeDelivered {
+			t.Errorf("%s: SYN device steps %v, outcome %s; want 4 from tracepoints, delivered", mode, sd, syn.Result.Outcome)
+		}
+		if len(ad[event.SourceTracepoint]) != 4 || synack.Result.Outcome != event.OutcomeDelivered {
+			t.Errorf("%s: SYN-ACK device steps %v, outcome %s; want 4 from tracepoints, delivered", mode, ad, synack.Result.Outcome)
+		}
 	}
 }
