@@ -13,7 +13,7 @@ LDFLAGS   := -X github.com/svctrace/svctrace/internal/cli.Version=$(VERSION)
 # a real etcd and kube-apiserver booted inside the VM (built on the host by
 # the kapi target; test/vm/kernels.json selects the tests per cell).
 VM_PACKAGES := ./internal/attach/ ./test/e2e/
-VM_RUN      := ^(TestHealthyClusterIP|TestHostOriginatedConnectSource|TestUnreachableBackend|TestVerdict.*|TestLoadAttachAndRelease|TestAttachReleaseBackend|TestForcedBackendReportsSkips|TestFilterUpdatesInPlace|TestSkipHooks|TestDaemonSetCapabilities)$$
+VM_RUN      := ^(TestHealthyClusterIP|TestHostOriginatedConnectSource|TestUnreachableBackend|TestVerdict.*|TestLoadAttachAndRelease|TestDevicesOnChosenInterfaces|TestAttachReleaseBackend|TestForcedBackendReportsSkips|TestFilterUpdatesInPlace|TestSkipHooks|TestDaemonSetCapabilities)$$
 VM_KERNELS  := 5.10,6.1,6.12
 VM_PARALLEL := 2
 

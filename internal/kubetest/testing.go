@@ -37,9 +37,11 @@ func BinariesForTest(t testing.TB) *Binaries {
 func StartForTest(t testing.TB) *Server {
 	t.Helper()
 	bins := BinariesForTest(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	// Generous: under software emulation (the VM matrix, two VMs sharing
+	// two CPUs) the API server's post-start hooks once took over 60 s.
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	s, err := Start(ctx, bins, Config{Dir: t.TempDir(), Logf: t.Logf})
+	s, err := Start(ctx, bins, Config{Dir: t.TempDir(), Logf: t.Logf, ReadyTimeout: 3 * time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}

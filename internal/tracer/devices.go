@@ -66,7 +66,7 @@ func (w *deviceWatch) sync(addrs []netip.Addr) string {
 		if set == "" {
 			set = "none (no backend pod of the Service on this machine)"
 		}
-		msgs = append(msgs, fmt.Sprintf("device events from %d backend pod interfaces: %s", len(names), set))
+		msgs = append(msgs, "device events from the backend pods' interfaces: "+set)
 	}
 	if e := fmt.Sprint(err); err != nil && e != w.lastErr {
 		msgs = append(msgs, "device programs: "+e)
