@@ -1000,7 +1000,7 @@ int BPF_PROG(tp_fib_table_lookup, u32 tb_id, const struct flowi4 *flp,
 	     const struct fib_nh_common *nhc, int err)
 {
 	struct event *e = flow_event(flp, EV_FIB, SRC_TRACEPOINT, err != 0, 1);
-	if (!e && (!err || noop_progs))
+	if (!e && !err)
 		return 0;
 	if (err) {
 		// A failed lookup right after a traced packet was seen on this CPU

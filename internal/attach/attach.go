@@ -62,20 +62,23 @@ type Options struct {
 	// SetDevices names, the Service's backend pods; traffic elsewhere runs
 	// no device program) or DevicesAll (tracepoints: every device in every
 	// namespace, at a cost to every packet on the machine).
-	DeviceHooks string
+	DeviceHooks DeviceHooks
 }
 
-// DeviceHooks values.
+// DeviceHooks says where device events come from (--device-hooks).
+type DeviceHooks string
+
+// DeviceHooks values ("" is DevicesPods).
 const (
-	DevicesPods = "pods"
-	DevicesAll  = "all"
+	DevicesPods DeviceHooks = "pods"
+	DevicesAll  DeviceHooks = "all"
 )
 
 // ParseDeviceHooks validates a --device-hooks value.
-func ParseDeviceHooks(s string) (string, error) {
-	switch s {
+func ParseDeviceHooks(s string) (DeviceHooks, error) {
+	switch d := DeviceHooks(s); d {
 	case DevicesPods, DevicesAll:
-		return s, nil
+		return d, nil
 	}
 	return "", fmt.Errorf("unknown device hooks %q: use pods or all", s)
 }
@@ -168,10 +171,7 @@ func Load(opts Options) (_ *Probes, err error) {
 			continue
 		}
 		for _, im := range h.impls {
-			if !allowed(opts.Backend, h, im.flavour) {
-				continue
-			}
-			if im.flavour == implTC && opts.DeviceHooks == DevicesAll {
+			if !allowed(opts, h, im.flavour) {
 				continue
 			}
 			if im.needs != "" && attached[im.needs] == "" {

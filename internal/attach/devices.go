@@ -31,10 +31,25 @@ type tcProg struct {
 
 // tcDevices are the tc flavour's programs and their links per interface.
 type tcDevices struct {
-	mu    sync.Mutex
-	progs []tcProg
-	links map[devKey][]link.Link
-	names map[devKey]string
+	mu       sync.Mutex
+	progs    []tcProg
+	attached map[devKey]tcAttached
+}
+
+// tcAttached is one interface's links.
+type tcAttached struct {
+	name  string
+	links []link.Link
+}
+
+func (a tcAttached) close() error {
+	var errs []error
+	for _, l := range a.links {
+		if err := l.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("detach %s: %w", a.name, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // UsesDevices reports whether device events come from tcx programs on the
@@ -55,28 +70,22 @@ func (p *Probes) SetDevices(devs []Device) ([]string, error) {
 	if len(t.progs) == 0 {
 		return nil, nil
 	}
-	if t.links == nil {
-		t.links, t.names = map[devKey][]link.Link{}, map[devKey]string{}
+	if t.attached == nil {
+		t.attached = map[devKey]tcAttached{}
 	}
 	want := map[devKey]Device{}
 	for _, d := range devs {
 		want[devKey{d.Inode, d.Ifindex}] = d
 	}
 	var errs []error
-	for k, ls := range t.links {
-		if _, ok := want[k]; ok {
-			continue
+	for k, a := range t.attached {
+		if _, ok := want[k]; !ok {
+			errs = append(errs, a.close())
+			delete(t.attached, k)
 		}
-		for _, l := range ls {
-			if err := l.Close(); err != nil {
-				errs = append(errs, fmt.Errorf("detach %s: %w", t.names[k], err))
-			}
-		}
-		delete(t.links, k)
-		delete(t.names, k)
 	}
 	for k, d := range want {
-		if _, ok := t.links[k]; ok {
+		if _, ok := t.attached[k]; ok {
 			continue
 		}
 		ls, err := t.attach(d)
@@ -84,11 +93,11 @@ func (p *Probes) SetDevices(devs []Device) ([]string, error) {
 			errs = append(errs, err)
 			continue
 		}
-		t.links[k], t.names[k] = ls, d.Name
+		t.attached[k] = tcAttached{name: d.Name, links: ls}
 	}
 	var names []string
-	for _, n := range t.names {
-		names = append(names, n)
+	for _, a := range t.attached {
+		names = append(names, a.name)
 	}
 	slices.Sort(names)
 	return names, errors.Join(errs...)
@@ -123,13 +132,9 @@ func (t *tcDevices) close() error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	var errs []error
-	for k, ls := range t.links {
-		for _, l := range ls {
-			if err := l.Close(); err != nil {
-				errs = append(errs, fmt.Errorf("detach %s: %w", t.names[k], err))
-			}
-		}
+	for _, a := range t.attached {
+		errs = append(errs, a.close())
 	}
-	t.links, t.names, t.progs = nil, nil, nil
+	t.attached, t.progs = nil, nil
 	return errors.Join(errs...)
 }

@@ -348,10 +348,14 @@ func hookTable() []hookDef {
 }
 
 // allowed reports whether an implementation flavour may be used under the
-// chosen backend. Hooks without kernel-function implementations always use
-// what they have; the netfilter links are the stable backend's.
-func allowed(b Backend, h hookDef, flavour string) bool {
-	switch b {
+// chosen backend and device hooks. Hooks without kernel-function
+// implementations always use what they have; the netfilter links are the
+// stable backend's; --device-hooks all rules out the tc device programs.
+func allowed(o Options, h hookDef, flavour string) bool {
+	if flavour == implTC && o.DeviceHooks == DevicesAll {
+		return false
+	}
+	switch o.Backend {
 	case BackendAuto:
 		return true
 	case BackendNetfilter:
@@ -363,7 +367,7 @@ func allowed(b Backend, h hookDef, flavour string) bool {
 		if !h.kernelFunc {
 			return true
 		}
-		return flavour == string(b)
+		return flavour == string(o.Backend)
 	}
 	return false
 }

@@ -41,6 +41,7 @@ type traceOptions struct {
 
 	backendV attach.Backend
 	devices  string
+	devicesV attach.DeviceHooks
 	notices  chan string // from the metadata source (API server lost / back)
 	ringSize uint32
 	perFlow  uint32
@@ -61,7 +62,7 @@ func (o *traceOptions) addFlags(c *cobra.Command) {
 	o.addKubeFlags(c)
 	o.addRecordFlags(c)
 	f.StringVar(&o.manifests, "manifests", "", "file or folder of Service, EndpointSlice, Pod and Node objects (YAML or JSON, as 'kubectl get -o yaml' writes them)")
-	f.StringVar(&o.devices, "device-hooks", attach.DevicesPods, "where device events (received by / queued to an interface) come from: pods (tc programs on the Service's backend pods' interfaces on this machine, where the node's netfilter links are attached and the kernel has tcx, 6.6+: other traffic runs no device program) or all (tracepoints on every interface of every namespace: the client's side and other namespaces too, at a cost to every packet on the machine)")
+	f.StringVar(&o.devices, "device-hooks", string(attach.DevicesPods), "where device events (received by / queued to an interface) come from: pods (tc programs on the Service's backend pods' interfaces on this machine, where the node's netfilter links are attached and the kernel has tcx, 6.6+: other traffic runs no device program) or all (tracepoints on every interface of every namespace: the client's side and other namespaces too, at a cost to every packet on the machine)")
 	f.StringVar(&o.backend, "backend", "auto", "how to attach to kernel functions: auto (fentry, then kprobe, then stable, per hook), fentry, kprobe, or netfilter (tracepoints + BPF netfilter links only)")
 	f.StringVar(&o.netns, "netns", "", "network namespace of the node (a path like /run/netns/node1, or a name in /run/netns); default: svctrace's own")
 	f.StringVarP(&o.output, "output", "o", "text", "output format: text or json (JSON lines, each with a \"type\")")
@@ -117,7 +118,7 @@ func (o *traceOptions) complete(c *cobra.Command) error {
 		return usageErr(err)
 	}
 	o.backendV = b
-	if _, err := attach.ParseDeviceHooks(o.devices); err != nil {
+	if o.devicesV, err = attach.ParseDeviceHooks(o.devices); err != nil {
 		return usageErr(err)
 	}
 	if err := checkHookNames(o.skip); err != nil {
@@ -197,7 +198,7 @@ func (o *traceOptions) run(ctx context.Context) error {
 			PerfBuffer:     o.perf,
 			NoCast:         o.helperReads,
 			NoopPrograms:   o.noopPrograms,
-			DeviceHooks:    o.devices,
+			DeviceHooks:    o.devicesV,
 			RingBufSize:    o.ringSize,
 			PacketsPerFlow: o.perFlow,
 			SkipHooks:      o.skip,

@@ -5,16 +5,13 @@ package enrich
 
 import (
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
 
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/svctrace/svctrace/internal/podnet"
 	"github.com/svctrace/svctrace/pkg/event"
 )
 
@@ -232,52 +229,15 @@ func (d *Devices) scan() {
 	}
 	d.add("/proc/1/ns/net", "host")
 	d.add("/proc/self/ns/net", "svctrace")
-	if ents, err := os.ReadDir("/run/netns"); err == nil {
-		for _, e := range ents {
-			d.add(filepath.Join("/run/netns", e.Name()), e.Name())
-		}
-	}
-	procs, err := os.ReadDir("/proc")
-	if err != nil {
-		return
-	}
-	for _, p := range procs {
-		pid, err := strconv.Atoi(p.Name())
-		if err != nil {
-			continue
-		}
-		d.add(filepath.Join("/proc", p.Name(), "ns/net"), "pid "+strconv.Itoa(pid))
+	for _, ns := range podnet.Namespaces() {
+		d.add(ns.Path, ns.Name)
 	}
 }
 
 func listDevices(path string) map[uint32]devInfo {
 	out := map[uint32]devInfo{}
-	h, err := netns.GetFromPath(path)
-	if err != nil {
-		return out
-	}
-	defer h.Close()
-	nl, err := netlink.NewHandleAt(h)
-	if err != nil {
-		return out
-	}
-	defer nl.Close()
-	links, err := nl.LinkList()
-	if err != nil {
-		return out
-	}
-	for _, l := range links {
-		a := l.Attrs()
-		di := devInfo{name: a.Name, kind: l.Type()}
-		if addrs, err := nl.AddrList(l, netlink.FAMILY_V4); err == nil {
-			for _, ad := range addrs {
-				if ip, ok := netip.AddrFromSlice(ad.IP.To4()); ok {
-					ones, _ := ad.Mask.Size()
-					di.prefixes = append(di.prefixes, netip.PrefixFrom(ip, ones))
-				}
-			}
-		}
-		out[uint32(a.Index)] = di
+	for _, l := range podnet.Links(path) {
+		out[uint32(l.Index)] = devInfo{name: l.Name, kind: l.Kind, prefixes: l.Prefixes}
 	}
 	return out
 }

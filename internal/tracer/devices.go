@@ -56,7 +56,7 @@ func (w *deviceWatch) sync(addrs []netip.Addr) string {
 	ifcs := podnet.Locate(addrs, w.exclude)
 	devs := make([]attach.Device, 0, len(ifcs))
 	for _, i := range ifcs {
-		name := fmt.Sprintf("%s %s (%s)", nsLabel(i.Netns), i.Name, i.Addr)
+		name := fmt.Sprintf("%s %s (%s)", i.NetnsName, i.Name, i.Addr)
 		devs = append(devs, attach.Device{Netns: i.Netns, Inode: i.Inode, Ifindex: i.Ifindex, Name: name})
 	}
 	names, err := w.probes.SetDevices(devs)
@@ -75,17 +75,6 @@ func (w *deviceWatch) sync(addrs []netip.Addr) string {
 		w.lastErr = ""
 	}
 	return strings.Join(msgs, "; ")
-}
-
-// nsLabel is a short name for a namespace path.
-func nsLabel(path string) string {
-	if rest, ok := strings.CutPrefix(path, "/run/netns/"); ok {
-		return rest
-	}
-	if rest, ok := strings.CutPrefix(path, "/proc/"); ok {
-		return "pid " + strings.TrimSuffix(rest, "/ns/net")
-	}
-	return path
 }
 
 // run follows endpoint changes (update) and looks again every
