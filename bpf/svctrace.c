@@ -27,6 +27,7 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 #define ETH_P_IP 0x0800
 #define NF_ACCEPT 1
 #define LOOPBACK_IFINDEX_ 1
+#define RT_TABLE_LOCAL_ 255
 #define TCX_NEXT_ (-1) // enum tcx_action_base: let the next program (and the stack) have the packet
 #define IP_CT_IS_REPLY_ 3 // enum ip_conntrack_info: this and above are reply-direction packets
 #define TCP_SYN_SENT 2
@@ -55,6 +56,14 @@ enum event_kind {
 	EV_IPVS_XMIT = 15,  // ip_vs_nat_xmit: packet sent to a real server (NAT/masquerade)
 };
 
+// Event flags.
+enum event_flags {
+	// The packet's input route lookup just before this event was not sent:
+	// its result repeated the last one sent for the same lookup (see
+	// route_repeat).
+	EVF_ROUTE_REPEAT = 1,
+};
+
 // Which implementation produced an event.
 enum event_source {
 	SRC_NETFILTER = 1,
@@ -69,7 +78,8 @@ enum counter_idx {
 	CNT_EMITTED = 0,
 	CNT_LOST = 1,
 	CNT_SAMPLED = 2, // events of established flows left out (packets_per_flow)
-	CNT_MAX = 3,
+	CNT_ROUTE_REPEAT = 3, // input route lookups not sent: same result as the last one sent (route_repeat)
+	CNT_MAX = 4,
 };
 
 struct tuple {
@@ -107,7 +117,7 @@ struct event {
 	__u8 ct_valid;  // ct tuples below are valid
 	__u8 hdr_len;   // bytes valid in hdr (0: not asked for, see config.snap_hdr)
 	__u16 ipid;     // IPv4 identification (host byte order): tells packets of a flow apart
-	__u16 pad;
+	__u16 flags;    // EVF_*
 	struct tuple pkt;
 	struct tuple ct_orig;
 	struct tuple ct_reply;
@@ -130,6 +140,14 @@ struct config {
 	__u32 any_addr_keys;    // filter has entries with addr 0 (NodePorts)
 	__u32 packets_per_flow; // trace this many packets per flow direction, then only failures (0: every packet)
 	__u32 snap_hdr;         // copy packet headers into events (pcapng export, recordings)
+	// Input route lookups in this network namespace (the one the netfilter
+	// links are attached in: the packet's next event there carries the
+	// note) whose result repeats the last one sent for the same source,
+	// destination and input device less than route_repeat_ms ago are not
+	// sent (see route_repeat). 0: every lookup is sent.
+	__u32 route_repeat_netns;
+	__u32 route_repeat_ms;
+	__u32 filter_gen; // bumped by every filter update (filter_hits)
 };
 
 // Static configuration, fixed at load time (the verifier prunes dead branches).
@@ -236,6 +254,7 @@ struct {
 struct last_match {
 	__u64 skb;
 	__u64 ts;
+	__u64 repeat_skb; // this packet's route lookup was a repeat (route_repeat): its next event says so
 };
 
 struct {
@@ -257,14 +276,19 @@ struct {
 // traffic this soon after a traced packet costs one unclaimed route event.
 #define FLOW_MATCH_WINDOW_NS 10000000
 
-// note_match records a traced packet seen on this CPU.
-static __always_inline void note_match(const void *skb, __u64 ts)
+// note_match records a traced packet seen on this CPU, and passes on to its
+// event the note of a route lookup not sent for it (route_repeat).
+static __always_inline void note_match(const void *skb, struct event *e)
 {
 	__u32 zero = 0;
 	struct last_match *lm = bpf_map_lookup_elem(&last_match_map, &zero);
 	if (lm) {
 		lm->skb = (__u64)skb;
-		lm->ts = ts;
+		lm->ts = e->ts;
+		if (lm->repeat_skb == (__u64)skb) {
+			e->flags |= EVF_ROUTE_REPEAT;
+			lm->repeat_skb = 0;
+		}
 	}
 }
 
@@ -414,33 +438,77 @@ static __always_inline const struct filter_bits *get_bits(void)
 	return bpf_map_lookup_elem(&filter_bits_map, &zero);
 }
 
+// The last filter keys found in the exact maps on this CPU, by their hash:
+// a traced stream asks for the same few keys with every packet, and a
+// hash-map lookup was a sixth of a traced packet's program run. A slot is
+// valid for the filter generation it was found in (config.filter_gen).
+#define FILTER_HIT_SLOTS 4
+
+struct filter_hit {
+	__u32 gen;
+	__u32 addr;
+	__u16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct filter_hits {
+	struct filter_hit s[FILTER_HIT_SLOTS];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct filter_hits);
+} filter_hits_map SEC(".maps");
+
+// exact reports whether a key whose bit is set is in the exact maps (the
+// address-only map for FILTER_ADDR_MARK_* keys).
+static __always_inline int exact(__u32 addr, __u16 port, __u8 proto, struct config *cfg)
+{
+	__u32 gen = cfg ? cfg->filter_gen : 0;
+	__u32 zero = 0;
+	struct filter_hits *hs = bpf_map_lookup_elem(&filter_hits_map, &zero);
+	struct filter_hit *h = 0;
+	if (hs) {
+		h = &hs->s[filter_hash(addr, port, proto) & (FILTER_HIT_SLOTS - 1)];
+		if (gen && h->gen == gen && h->addr == addr && h->port == port && h->proto == proto)
+			return 1;
+	}
+	void *found;
+	if (port == FILTER_ADDR_MARK_PORT && proto == FILTER_ADDR_MARK_PROTO) {
+		found = bpf_map_lookup_elem(&filter_addrs, &addr);
+	} else {
+		struct filter_key k = {.addr = addr, .port = port, .proto = proto};
+		found = bpf_map_lookup_elem(&filter, &k);
+	}
+	if (!found)
+		return 0;
+	if (h) {
+		h->gen = gen;
+		h->addr = addr;
+		h->port = port;
+		h->proto = proto;
+	}
+	return 1;
+}
+
 static __always_inline int filter_one(__u32 addr, __u16 port, __u8 proto, struct config *cfg,
 				      const struct filter_bits *b)
 {
-	struct filter_key k = {};
-
 	if (!port && !proto) {
 		// Flow lookups without L4 information (input route lookups carry
 		// no ports): the address alone decides.
 		return maybe(b, addr, FILTER_ADDR_MARK_PORT, FILTER_ADDR_MARK_PROTO) &&
-		       bpf_map_lookup_elem(&filter_addrs, &addr);
+		       exact(addr, FILTER_ADDR_MARK_PORT, FILTER_ADDR_MARK_PROTO, cfg);
 	}
-	k.addr = addr;
-	k.port = port;
-	k.proto = proto;
-	if (maybe(b, addr, port, proto) && bpf_map_lookup_elem(&filter, &k))
+	if (maybe(b, addr, port, proto) && exact(addr, port, proto, cfg))
 		return 1;
-	k.port = 0;
-	k.proto = 0;
-	if (maybe(b, addr, 0, 0) && bpf_map_lookup_elem(&filter, &k))
+	if (maybe(b, addr, 0, 0) && exact(addr, 0, 0, cfg))
 		return 1;
-	if (cfg && cfg->any_addr_keys && port && maybe(b, 0, port, proto)) {
-		k.addr = 0;
-		k.port = port;
-		k.proto = proto;
-		if (bpf_map_lookup_elem(&filter, &k))
-			return 1;
-	}
+	if (cfg && cfg->any_addr_keys && port && maybe(b, 0, port, proto) && exact(0, port, proto, cfg))
+		return 1;
 	return 0;
 }
 
@@ -809,7 +877,7 @@ static __always_inline struct event *skb_event(const struct sk_buff *skb, __u32 
 	struct event *e = ev_new(kind, source, with_task);
 	if (!e)
 		return 0;
-	note_match(skb, e->ts);
+	note_match(skb, e);
 	e->skb = (__u64)skb;
 	e->pkt = t;
 	e->ipid = bpf_ntohs(ipid);
@@ -970,8 +1038,84 @@ static __always_inline void note_fib(const struct event *e)
 	lf->match_ts = lm->ts;
 }
 
+// The last input route lookup sent per source, destination, input device
+// and namespace (route_repeat).
+struct route_key {
+	__u32 saddr;
+	__u32 daddr;
+	__u32 iif;
+	__u32 netns;
+};
+
+struct route_val {
+	__u64 ts; // when it was sent
+	__u32 table;
+	__u32 oif;
+	__u32 gw;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct route_key);
+	__type(value, struct route_val);
+} route_seen SEC(".maps");
+
+// route_repeat reports whether a successful input lookup, about to be
+// traced, repeats the last one sent for the same source, destination and
+// input device in config.route_repeat_netns: same table, output device
+// and gateway, sent less than config.route_repeat_ms ago. Every forwarded
+// packet of a flow makes such a lookup, each with the same result: a
+// quarter of a traced stream's events said nothing new. A repeat is not sent; the
+// packet's next event (its netfilter hook after the lookup, or its drop)
+// carries EVF_ROUTE_REPEAT instead, and userspace shows the result it
+// already has. Lookups in the local table (local delivery, where the next
+// hook may not be one svctrace watches) and output lookups (the source
+// chosen for each connection) are always sent, as are failures.
+static __always_inline int route_repeat(const struct tuple *t, __u32 iif, const struct fib_nh_common *nhc,
+					__u32 table, const int direct)
+{
+	struct config *cfg = get_config();
+	if (!cfg || !cfg->route_repeat_ms || iif == LOOPBACK_IFINDEX_ || table == RT_TABLE_LOCAL_)
+		return 0;
+	struct net_device *dev = RD(direct, nhc, nhc_dev);
+	if (!dev)
+		return 0;
+	__u32 netns = dev_netns(dev, direct);
+	if (netns != cfg->route_repeat_netns)
+		return 0;
+	__u32 zero = 0;
+	struct last_match *lm = bpf_map_lookup_elem(&last_match_map, &zero);
+	if (!lm || !lm->skb)
+		return 0; // no packet to carry the note
+	struct route_key k = {.saddr = t->saddr, .daddr = t->daddr, .iif = iif, .netns = netns};
+	struct route_val v = {.table = table, .oif = RD(direct, dev, ifindex)};
+	if (RD(direct, nhc, nhc_gw_family) == AF_INET)
+		v.gw = RD(direct, nhc, nhc_gw.ipv4);
+	__u64 now = bpf_ktime_get_ns();
+	struct route_val *old = bpf_map_lookup_elem(&route_seen, &k);
+	if (old && old->table == v.table && old->oif == v.oif && old->gw == v.gw && now - old->ts < (__u64)cfg->route_repeat_ms * 1000000) {
+		lm->repeat_skb = lm->skb;
+		// The reverse-path check that follows is this lookup's (rpf_lookup).
+		struct last_fib *lf = bpf_map_lookup_elem(&last_fib_map, &zero);
+		if (lf) {
+			lf->saddr = t->saddr;
+			lf->daddr = t->daddr;
+			lf->oif = v.oif;
+			lf->match_ts = lm->ts;
+		}
+		count(CNT_ROUTE_REPEAT);
+		return 1;
+	}
+	v.ts = now;
+	bpf_map_update_elem(&route_seen, &k, &v, BPF_ANY);
+	return 0;
+}
+
 static __always_inline struct event *flow_event(const struct flowi4 *flp, __u32 kind, __u8 source,
-						int failed, const int direct)
+						int failed, const int direct, const struct fib_nh_common *nhc,
+						__u32 table)
 {
 	if (noop_progs)
 		return 0;
@@ -981,6 +1125,8 @@ static __always_inline struct event *flow_event(const struct flowi4 *flp, __u32 
 		return 0;
 	__u32 iif = RD(direct, flp, __fl_common.flowic_iif);
 	if (kind == EV_FIB && !failed && rpf_lookup(&t, iif))
+		return 0;
+	if (kind == EV_FIB && !failed && nhc && route_repeat(&t, iif, nhc, table, direct))
 		return 0;
 	// The task is the lookup's only for the node's own traffic (output
 	// lookups run with the loopback device as input); an input lookup
@@ -999,7 +1145,7 @@ SEC("tp_btf/fib_table_lookup")
 int BPF_PROG(tp_fib_table_lookup, u32 tb_id, const struct flowi4 *flp,
 	     const struct fib_nh_common *nhc, int err)
 {
-	struct event *e = flow_event(flp, EV_FIB, SRC_TRACEPOINT, err != 0, 1);
+	struct event *e = flow_event(flp, EV_FIB, SRC_TRACEPOINT, err != 0, 1, nhc, tb_id);
 	if (!e && !err)
 		return 0;
 	if (err) {
@@ -1146,7 +1292,7 @@ static __always_inline void nat_manip(void *ctx, struct sk_buff *skb, struct nf_
 	struct event *e = ev_new(EV_NAT, source, 0);
 	if (!e)
 		return;
-	note_match(skb, e->ts);
+	note_match(skb, e);
 	e->skb = (__u64)skb;
 	e->pkt = t;
 	e->ipid = bpf_ntohs(ipid);
@@ -1241,7 +1387,7 @@ int BPF_PROG(fx_nat_setup_info, struct nf_conn *ct, void *range, int maniptype, 
 static __always_inline void fib_lookup_ret(void *ctx, struct fib_table *tb, const struct flowi4 *flp,
 					   struct fib_result *res, int ret, __u8 source)
 {
-	struct event *e = flow_event(flp, EV_FIB, source, ret != 0, 0);
+	struct event *e = flow_event(flp, EV_FIB, source, ret != 0, 0, 0, 0);
 	if (!e)
 		return;
 	struct fib_nh_common *nhc = 0;
@@ -1292,7 +1438,7 @@ int BPF_PROG(fx_fib_table_lookup, struct fib_table *tb, const struct flowi4 *flp
 static __always_inline void route_out_ret(void *ctx, struct net *net, const struct flowi4 *fl4,
 					  struct rtable *rt, __u8 source)
 {
-	struct event *e = flow_event(fl4, EV_ROUTE_OUT, source, (unsigned long)rt >= (unsigned long)-4095, 0);
+	struct event *e = flow_event(fl4, EV_ROUTE_OUT, source, (unsigned long)rt >= (unsigned long)-4095, 0, 0, 0);
 	if (!e)
 		return;
 	e->netns = BPF_CORE_READ(net, ns.inum);

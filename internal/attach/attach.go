@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -57,6 +58,14 @@ type Options struct {
 	// looking at the packet (benchmarks: the kernel's cost of calling the
 	// hooks, apart from the programs' own work). Nothing is traced.
 	NoopPrograms bool
+	// RouteRepeat: a successful input route lookup in the node's namespace
+	// that repeats the last one sent for the same source, destination and
+	// input device (same table, device and gateway) less than this long
+	// ago is not sent; the packet's next event carries Event.RouteRepeat
+	// instead. Only with the netfilter hook and the route hook's
+	// tracepoint (the netfilter hook after the lookup carries the note).
+	// 0 sends every lookup.
+	RouteRepeat time.Duration
 	// DeviceHooks chooses where device events come from: DevicesPods (the
 	// default where the kernel allows it: tcx programs on the interfaces
 	// SetDevices names, the Service's backend pods; traffic elsewhere runs
@@ -111,6 +120,8 @@ type Probes struct {
 	// tc holds the tcx device programs (devices hook in its tc flavour)
 	// and their links, per interface, as SetDevices last chose them.
 	tc tcDevices
+	// routeRepeatMs is Options.RouteRepeat where it applies (0 elsewhere).
+	routeRepeatMs uint32
 }
 
 // Load loads and attaches every hook it can. It fails only when nothing
@@ -220,6 +231,14 @@ func Load(opts Options) (_ *Probes, err error) {
 	}
 	if len(attached) == 0 {
 		return nil, fmt.Errorf("no hook could be attached (%s)", summarizeTried(p.plan))
+	}
+	if opts.RouteRepeat > 0 && attached["netfilter"] == implNetfilter && attached["route"] == implTracepoint {
+		p.routeRepeatMs = uint32(max(opts.RouteRepeat.Milliseconds(), 1))
+		for i := range p.plan {
+			if p.plan[i].Hook == "route" {
+				p.plan[i].Detail += fmt.Sprintf("; a forwarded packet's lookup with the same result as the last one sent for its addresses and input device (within %s) is noted on its next event, not sent", opts.RouteRepeat)
+			}
+		}
 	}
 	// The spec and the kernel's BTF are not needed once everything is
 	// loaded: drop them (tens of MB) so the trace runs lean.

@@ -24,6 +24,9 @@ type filterState struct {
 	keys  map[bpfobj.SvctraceFilterKey]uint32
 	addrs map[uint32]bool
 	bits  *filterBits
+	// gen numbers the updates: the kernel side's per-CPU cache of keys
+	// found (filter_hits) holds only for the generation it was filled in.
+	gen uint32
 }
 
 // filterBits mirrors the kernel's filter_bits: a bit per hash of each
@@ -143,7 +146,14 @@ func (p *Probes) SetFilter(entries []FilterEntry, traceAll bool) (skipped int, e
 			}
 		}
 	}
-	cfg := bpfobj.SvctraceConfig{PacketsPerFlow: p.opts.PacketsPerFlow}
+	gen := p.filter.gen + 1
+	if gen == 0 {
+		gen = 1 // 0 marks an empty cache slot
+	}
+	cfg := bpfobj.SvctraceConfig{PacketsPerFlow: p.opts.PacketsPerFlow, FilterGen: gen}
+	if p.routeRepeatMs > 0 {
+		cfg.RouteRepeatNetns, cfg.RouteRepeatMs = p.netns, p.routeRepeatMs
+	}
 	if p.opts.Headers {
 		cfg.SnapHdr = 1
 	}
@@ -159,7 +169,7 @@ func (p *Probes) SetFilter(entries []FilterEntry, traceAll bool) (skipped int, e
 	if err := bm.Put(uint32(0), *bits); err != nil {
 		errs = append(errs, fmt.Errorf("filter bits put: %w", err))
 	}
-	p.filter = filterState{keys: want, addrs: addrs, bits: bits}
+	p.filter = filterState{keys: want, addrs: addrs, bits: bits, gen: gen}
 	return skipped, errors.Join(errs...)
 }
 
@@ -168,6 +178,9 @@ type KernelCounts struct {
 	Emitted []uint64 // events submitted
 	Lost    []uint64 // events that did not fit in the ring buffer
 	Sampled []uint64 // events of established flows left out (PacketsPerFlow)
+	// RouteRepeats are input route lookups not sent: the same result as
+	// the last one sent (Options.RouteRepeat).
+	RouteRepeats []uint64
 }
 
 // Counters reads the kernel side's per-CPU counters.
@@ -181,6 +194,7 @@ func (p *Probes) Counters() (KernelCounts, error) {
 		{bpfobj.SvctraceCounterIdxCNT_EMITTED, &c.Emitted},
 		{bpfobj.SvctraceCounterIdxCNT_LOST, &c.Lost},
 		{bpfobj.SvctraceCounterIdxCNT_SAMPLED, &c.Sampled},
+		{bpfobj.SvctraceCounterIdxCNT_ROUTE_REPEAT, &c.RouteRepeats},
 	} {
 		if err := m.Lookup(uint32(x.idx), x.out); err != nil {
 			return c, fmt.Errorf("read counters: %w", err)

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf/perf"
-	"github.com/cilium/ebpf/ringbuf"
 )
 
 // ErrReaderClosed is returned by Read after Close.
@@ -26,11 +25,12 @@ type Reader interface {
 // NewReader opens a reader on the event transport.
 func (p *Probes) NewReader() (Reader, error) {
 	if p.useRing {
-		r, err := ringbuf.NewReader(p.shared["events"])
+		m := p.shared["events"]
+		r, err := newRingBuf(m.FD(), m.MaxEntries())
 		if err != nil {
 			return nil, fmt.Errorf("open ring buffer: %w", err)
 		}
-		return &ringReader{r: r}, nil
+		return r, nil
 	}
 	r, err := perf.NewReader(p.shared["events_perf"], 256*os.Getpagesize())
 	if err != nil {
@@ -39,30 +39,8 @@ func (p *Probes) NewReader() (Reader, error) {
 	return &perfReader{r: r}, nil
 }
 
-type ringReader struct {
-	r        *ringbuf.Reader
-	rec      ringbuf.Record
-	deadline time.Time
-}
-
-func (rr *ringReader) Read(deadline time.Time) ([]byte, error) {
-	if !deadline.Equal(rr.deadline) {
-		// Setting it takes the reader's lock: only when it changes (the
-		// tracer keeps one deadline for many reads).
-		rr.deadline = deadline
-		rr.r.SetDeadline(deadline)
-	}
-	if err := rr.r.ReadInto(&rr.rec); err != nil {
-		if errors.Is(err, ringbuf.ErrClosed) {
-			return nil, ErrReaderClosed
-		}
-		return nil, err
-	}
-	return rr.rec.RawSample, nil
-}
-
-func (rr *ringReader) LostSamples() uint64 { return 0 }
-func (rr *ringReader) Close() error        { return rr.r.Close() }
+func (r *ringBuf) LostSamples() uint64 { return 0 }
+func (r *ringBuf) Close() error        { return r.close() }
 
 type perfReader struct {
 	r        *perf.Reader

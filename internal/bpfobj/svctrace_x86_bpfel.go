@@ -14,20 +14,24 @@ import (
 )
 
 type SvctraceConfig struct {
-	_              structs.HostLayout
-	TraceAll       uint32
-	AnyAddrKeys    uint32
-	PacketsPerFlow uint32
-	SnapHdr        uint32
+	_                structs.HostLayout
+	TraceAll         uint32
+	AnyAddrKeys      uint32
+	PacketsPerFlow   uint32
+	SnapHdr          uint32
+	RouteRepeatNetns uint32
+	RouteRepeatMs    uint32
+	FilterGen        uint32
 }
 
 type SvctraceCounterIdx uint32
 
 const (
-	SvctraceCounterIdxCNT_EMITTED SvctraceCounterIdx = 0
-	SvctraceCounterIdxCNT_LOST    SvctraceCounterIdx = 1
-	SvctraceCounterIdxCNT_SAMPLED SvctraceCounterIdx = 2
-	SvctraceCounterIdxCNT_MAX     SvctraceCounterIdx = 3
+	SvctraceCounterIdxCNT_EMITTED      SvctraceCounterIdx = 0
+	SvctraceCounterIdxCNT_LOST         SvctraceCounterIdx = 1
+	SvctraceCounterIdxCNT_SAMPLED      SvctraceCounterIdx = 2
+	SvctraceCounterIdxCNT_ROUTE_REPEAT SvctraceCounterIdx = 3
+	SvctraceCounterIdxCNT_MAX          SvctraceCounterIdx = 4
 )
 
 type SvctraceEvent struct {
@@ -56,7 +60,7 @@ type SvctraceEvent struct {
 	CtValid      uint8
 	HdrLen       uint8
 	Ipid         uint16
-	Pad          uint16
+	Flags        uint16
 	Pkt          SvctraceTuple
 	CtOrig       SvctraceTuple
 	CtReply      SvctraceTuple
@@ -102,6 +106,18 @@ type SvctraceFilterBits struct {
 	W [1024]uint64
 }
 
+type SvctraceFilterHits struct {
+	_ structs.HostLayout
+	S [4]struct {
+		_     structs.HostLayout
+		Gen   uint32
+		Addr  uint32
+		Port  uint16
+		Proto uint8
+		Pad   uint8
+	}
+}
+
 type SvctraceFilterKey struct {
 	_     structs.HostLayout
 	Addr  uint32
@@ -139,9 +155,27 @@ type SvctraceLastFib struct {
 }
 
 type SvctraceLastMatch struct {
-	_   structs.HostLayout
-	Skb uint64
-	Ts  uint64
+	_         structs.HostLayout
+	Skb       uint64
+	Ts        uint64
+	RepeatSkb uint64
+}
+
+type SvctraceRouteKey struct {
+	_     structs.HostLayout
+	Saddr uint32
+	Daddr uint32
+	Iif   uint32
+	Netns uint32
+}
+
+type SvctraceRouteVal struct {
+	_     structs.HostLayout
+	Ts    uint64
+	Table uint32
+	Oif   uint32
+	Gw    uint32
+	Pad   uint32
 }
 
 type SvctraceTuple struct {
@@ -166,11 +200,13 @@ const (
 	SvctraceMapFilter                = "filter"
 	SvctraceMapFilterAddrs           = "filter_addrs"
 	SvctraceMapFilterBitsMap         = "filter_bits_map"
+	SvctraceMapFilterHitsMap         = "filter_hits_map"
 	SvctraceMapFlowSample            = "flow_sample"
 	SvctraceMapKargsMap              = "kargs_map"
 	SvctraceMapLastFibMap            = "last_fib_map"
 	SvctraceMapLastMatchMap          = "last_match_map"
 	SvctraceMapLastWakeup            = "last_wakeup"
+	SvctraceMapRouteSeen             = "route_seen"
 	SvctraceMapScratch               = "scratch"
 	SvctraceMapScratchDepth          = "scratch_depth"
 	SvctraceProgFeIpvsConnNew        = "fe_ipvs_conn_new"
@@ -311,11 +347,13 @@ type SvctraceMapSpecs struct {
 	Filter        *ebpf.MapSpec `ebpf:"filter"`
 	FilterAddrs   *ebpf.MapSpec `ebpf:"filter_addrs"`
 	FilterBitsMap *ebpf.MapSpec `ebpf:"filter_bits_map"`
+	FilterHitsMap *ebpf.MapSpec `ebpf:"filter_hits_map"`
 	FlowSample    *ebpf.MapSpec `ebpf:"flow_sample"`
 	KargsMap      *ebpf.MapSpec `ebpf:"kargs_map"`
 	LastFibMap    *ebpf.MapSpec `ebpf:"last_fib_map"`
 	LastMatchMap  *ebpf.MapSpec `ebpf:"last_match_map"`
 	LastWakeup    *ebpf.MapSpec `ebpf:"last_wakeup"`
+	RouteSeen     *ebpf.MapSpec `ebpf:"route_seen"`
 	Scratch       *ebpf.MapSpec `ebpf:"scratch"`
 	ScratchDepth  *ebpf.MapSpec `ebpf:"scratch_depth"`
 }
@@ -364,11 +402,13 @@ type SvctraceMaps struct {
 	Filter        *ebpf.Map `ebpf:"filter"`
 	FilterAddrs   *ebpf.Map `ebpf:"filter_addrs"`
 	FilterBitsMap *ebpf.Map `ebpf:"filter_bits_map"`
+	FilterHitsMap *ebpf.Map `ebpf:"filter_hits_map"`
 	FlowSample    *ebpf.Map `ebpf:"flow_sample"`
 	KargsMap      *ebpf.Map `ebpf:"kargs_map"`
 	LastFibMap    *ebpf.Map `ebpf:"last_fib_map"`
 	LastMatchMap  *ebpf.Map `ebpf:"last_match_map"`
 	LastWakeup    *ebpf.Map `ebpf:"last_wakeup"`
+	RouteSeen     *ebpf.Map `ebpf:"route_seen"`
 	Scratch       *ebpf.Map `ebpf:"scratch"`
 	ScratchDepth  *ebpf.Map `ebpf:"scratch_depth"`
 }
@@ -382,11 +422,13 @@ func (m *SvctraceMaps) Close() error {
 		m.Filter,
 		m.FilterAddrs,
 		m.FilterBitsMap,
+		m.FilterHitsMap,
 		m.FlowSample,
 		m.KargsMap,
 		m.LastFibMap,
 		m.LastMatchMap,
 		m.LastWakeup,
+		m.RouteSeen,
 		m.Scratch,
 		m.ScratchDepth,
 	)

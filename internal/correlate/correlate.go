@@ -86,6 +86,22 @@ const maxCompletePerAdvance = 512
 // (see Advance), so a reader that lags does not split paths.
 const DefaultIdle = 25 * time.Millisecond
 
+// The wait actually used adapts to the machine (see Correlator.idle):
+// gapFactor times the longest gap seen between two events of one packet
+// in the last one to two seconds, no less than minIdle, no more than
+// Options.Idle, and Options.Idle until gapSamples gaps have been seen. On
+// hardware a packet's events are microseconds apart and paths complete
+// after minIdle: the packets still open then are a fifth as many as after
+// 25 ms, and building a path from events still in the CPU's cache cost a
+// sixth less of svctrace's time on a traced stream. Under software
+// emulation the gaps are milliseconds, and the wait stays near the cap.
+const (
+	minIdle    = 5 * time.Millisecond
+	gapFactor  = 8
+	gapSamples = 256
+	gapWindow  = uint64(time.Second)
+)
+
 // Correlator assembles paths. It is not safe for concurrent use.
 type Correlator struct {
 	opts    Options
@@ -109,7 +125,32 @@ type Correlator struct {
 	evicted uint64
 	dropped uint64 // flow events nobody claimed
 	now     uint64
+	// routes is the last successful input route lookup received per
+	// namespace, source, destination and input device: the result a
+	// packet's repeated lookup had (Event.RouteRepeat).
+	routes        map[routeKey]event.RouteStep
+	repeatUnknown uint64 // repeats whose lookup is not in routes
+	// gaps between consecutive events of one packet: the longest in the
+	// current window of event time (from gapStart) and in the previous
+	// one, and how many were seen (see idle).
+	gapMax   [2]uint64
+	gapStart uint64
+	gapSeen  uint64
 }
+
+type routeKey struct {
+	netns    uint32
+	iif      uint32
+	src, dst netip.Addr
+}
+
+// maxRoutes caps Correlator.routes: the kernel side keeps as many.
+const maxRoutes = 16384
+
+const (
+	loopbackIfindex = 1   // output lookups have it as their input device
+	localTable      = 255 // local delivery: never repeated (see the kernel side's route_repeat)
+)
 
 type flowEvent struct {
 	ev      event.Event
@@ -140,11 +181,15 @@ func New(opts Options, emit func(*event.Path)) *Correlator {
 		opts.MaxFlowEvents = 16384
 	}
 	return &Correlator{opts: opts, packets: map[pktKey]*packet{}, byDst: map[netip.Addr]*flowList{}, emit: emit,
-		netnses: map[uint32]bool{}}
+		netnses: map[uint32]bool{}, routes: map[routeKey]event.RouteStep{}}
 }
 
 // Evicted returns how many packets were completed early because of the cap.
 func (c *Correlator) Evicted() uint64 { return c.evicted }
+
+// RouteRepeatsUnknown returns how many packets noted a repeated route
+// lookup whose first result was never received: their paths lack it.
+func (c *Correlator) RouteRepeatsUnknown() uint64 { return c.repeatUnknown }
 
 // isFlowKind reports kinds that describe a flow, not a packet.
 func isFlowKind(k event.Kind) bool {
@@ -194,6 +239,9 @@ func (c *Correlator) Add(ev *event.Event) {
 		if f.ev.RouteError != 0 {
 			c.failed = append(c.failed, f)
 		}
+		if f.ev.Kind == event.KindFIB && f.ev.RouteError == 0 && f.ev.FlowIif != loopbackIfindex && f.ev.Table != localTable {
+			c.noteRoute(&f.ev)
+		}
 		switch f.ev.Kind {
 		case event.KindConnect:
 			c.connect = append(c.connect, f)
@@ -209,6 +257,9 @@ func (c *Correlator) Add(ev *event.Event) {
 		// replies such as RSTs carry IP ID 0): complete the first one.
 		c.complete(p)
 		p = nil
+	}
+	if p != nil && ev.Time > p.last {
+		c.noteGap(ev.Time - p.last)
 	}
 	if p == nil {
 		if len(c.packets) >= c.opts.MaxPackets {
@@ -244,6 +295,26 @@ func (c *Correlator) Add(ev *event.Event) {
 		}
 	}
 	p.last = ev.Time
+}
+
+// noteGap records the time between two consecutive events of a packet.
+func (c *Correlator) noteGap(gap uint64) {
+	if c.now-c.gapStart >= gapWindow {
+		c.gapMax[1], c.gapMax[0] = c.gapMax[0], 0
+		c.gapStart = c.now
+	}
+	c.gapMax[0] = max(c.gapMax[0], gap)
+	c.gapSeen++
+}
+
+// idle is how long a packet may go without an event before its path is
+// complete (see minIdle).
+func (c *Correlator) idle() uint64 {
+	limit := uint64(c.opts.Idle)
+	if c.gapSeen < gapSamples {
+		return limit
+	}
+	return min(max(gapFactor*max(c.gapMax[0], c.gapMax[1]), uint64(minIdle)), limit)
 }
 
 // ended reports whether nothing can follow an event for the same packet:
@@ -316,7 +387,7 @@ func (c *Correlator) Advance(now uint64) (pending bool) {
 	if now > c.now {
 		c.now = now
 	}
-	idle := uint64(c.opts.Idle)
+	idle := c.idle()
 	budget := maxCompletePerAdvance
 	kept := 0
 	i := 0
@@ -606,6 +677,7 @@ func (c *Correlator) build(p *packet) *event.Path {
 	}
 	path.Entered = entered(first, c.opts.NodeNetns)
 	path.Routes = c.claimRoutes(path, netnses, path.Routes)
+	path.Routes = c.repeatedRoutes(evs, path.Routes)
 	if path.IPVS == nil {
 		path.IPVS, path.NAT = ipvsFromStable(evs, path.Routes, path.NAT)
 	}
@@ -955,6 +1027,44 @@ func (c *Correlator) claimRoutes(path *event.Path, netnses map[uint32]bool, out 
 			f.claimed = true
 			out = append([]event.RouteStep{routeStep(&f.ev)}, out...) // the earliest
 		}
+	}
+	return out
+}
+
+// noteRoute keeps a successful input lookup's result for the packets that
+// repeat it (repeatedRoutes).
+func (c *Correlator) noteRoute(e *event.Event) {
+	if len(c.routes) >= maxRoutes {
+		clear(c.routes) // the kernel side sends each again within a second
+	}
+	c.routes[routeKey{netns: e.Netns, iif: e.FlowIif, src: e.Packet.Src.Addr(), dst: e.Packet.Dst.Addr()}] = routeStep(e)
+}
+
+// repeatedRoutes adds, for every event of the packet noting that the route
+// lookup before it repeated an earlier one (Event.RouteRepeat), that
+// lookup's result. The lookup routed the packet as the event before it in
+// the same namespace saw it (after PREROUTING's DNAT, before POSTROUTING's
+// SNAT), from that event's input device.
+func (c *Correlator) repeatedRoutes(evs []event.Event, out []event.RouteStep) []event.RouteStep {
+	for i := range evs {
+		e := &evs[i]
+		if !e.RouteRepeat {
+			continue
+		}
+		k := routeKey{netns: e.Netns, iif: e.InIfindex, src: e.Packet.Src.Addr(), dst: e.Packet.Dst.Addr()}
+		for j := i - 1; j >= 0; j-- {
+			if evs[j].Netns == e.Netns {
+				k.iif, k.src, k.dst = evs[j].InIfindex, evs[j].Packet.Src.Addr(), evs[j].Packet.Dst.Addr()
+				break
+			}
+		}
+		rs, ok := c.routes[k]
+		if !ok {
+			c.repeatUnknown++
+			continue
+		}
+		rs.Repeat = true
+		out = append(out, rs)
 	}
 	return out
 }

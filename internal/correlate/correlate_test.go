@@ -409,3 +409,106 @@ func TestReusePaths(t *testing.T) {
 		t.Fatalf("%d paths with reuse, %d without; equal: %v", len(got), len(want), slices.Equal(got, want))
 	}
 }
+
+// TestAdaptiveIdle: the wait for a packet's next event starts at the cap,
+// comes down to minIdle once packets show microsecond gaps, and goes back
+// up with gaps of milliseconds (software emulation).
+func TestAdaptiveIdle(t *testing.T) {
+	var paths []*event.Path
+	c := New(Options{}, func(p *event.Path) { paths = append(paths, p) })
+	ms := uint64(time.Millisecond)
+	now := uint64(time.Second)
+	// packet sends one packet of two events gap apart and returns the
+	// time of its last event.
+	packet := func(skb uint64, gap uint64) uint64 {
+		a := nf(now, skb, event.HookPreRouting, true, "10.0.0.1:1000", "10.1.0.5:80")
+		b := nf(now+gap, skb, event.HookPostRouting, true, "10.0.0.1:1000", "10.1.0.5:80")
+		c.Add(&a)
+		c.Add(&b)
+		now += gap
+		return now
+	}
+	// waits reports whether a packet whose last event was at last is
+	// still open at last+d.
+	waits := func(last, d uint64) bool {
+		n := len(paths)
+		c.Advance(last + d)
+		return len(paths) == n
+	}
+	last := packet(1, 10_000)
+	if !waits(last, 20*ms) {
+		t.Fatalf("a fresh correlator completed a packet 20 ms after its last event (want the %s cap)", DefaultIdle)
+	}
+	if waits(last, 26*ms) {
+		t.Fatal("the packet is still open past the cap")
+	}
+	now = last + 26*ms
+	for i := range gapSamples {
+		last = packet(uint64(100+i), 10_000) // 10 µs between a packet's events
+		now += 100_000
+	}
+	now += 30 * ms
+	c.Advance(now) // every packet so far is complete
+	last = packet(1000, 10_000)
+	if !waits(last, 4*ms) {
+		t.Fatal("completed sooner than minIdle")
+	}
+	if waits(last, 6*ms) {
+		t.Fatalf("with 10 µs gaps the packet is still open %s after its last event", 6*time.Millisecond)
+	}
+	now = last + 6*ms
+	last = packet(2000, 2*ms) // emulation-like gap
+	if !waits(last, 15*ms) {
+		t.Fatal("after a 2 ms gap, a packet completed within 15 ms of its last event (want 8 × 2 ms)")
+	}
+	if waits(last, 17*ms) {
+		t.Fatal("after a 2 ms gap, the packet is still open 17 ms after its last event")
+	}
+}
+
+// TestRepeatedRoute: a packet whose route lookup the kernel side did not
+// send (same result as the one it sent for the flow) shows that lookup's
+// result, marked as a repeat, keyed by the packet as the event before the
+// note saw it (after DNAT, before SNAT) and that event's input device.
+func TestRepeatedRoute(t *testing.T) {
+	fib := event.Event{Time: 1000, Kind: event.KindFIB, Netns: 1, Table: 254, FlowIif: 3, OutIfindex: 4,
+		Packet: event.Tuple{Src: ap("10.0.0.1:0"), Dst: ap("10.1.0.5:0")}}
+	first := []event.Event{
+		nf(1100, 7, event.HookPreRouting, true, "10.0.0.1:1000", "10.1.0.5:80"),
+		nf(1200, 7, event.HookPostRouting, true, "10.0.0.1:1000", "10.1.0.5:80"),
+	}
+	first[0].InIfindex = 3
+	second := []event.Event{
+		nf(5000, 8, event.HookPreRouting, true, "10.0.0.1:1000", "10.1.0.5:80"),
+		nf(5100, 8, event.HookPostRouting, true, "192.168.0.1:3000", "10.1.0.5:80"), // masqueraded
+	}
+	second[0].InIfindex = 3
+	second[1].RouteRepeat = true
+	// An unknown repeat: no lookup from that device was sent.
+	third := []event.Event{
+		nf(9000, 9, event.HookPreRouting, true, "10.0.0.1:1000", "10.1.0.5:80"),
+		nf(9100, 9, event.HookPostRouting, true, "10.0.0.1:1000", "10.1.0.5:80"),
+	}
+	third[0].InIfindex = 5
+	third[1].RouteRepeat = true
+	var paths []*event.Path
+	c := New(Options{}, func(p *event.Path) { paths = append(paths, p) })
+	for _, evs := range [][]event.Event{{fib}, first, second, third} {
+		for i := range evs {
+			c.Add(&evs[i])
+		}
+	}
+	c.Flush()
+	if len(paths) != 3 {
+		t.Fatalf("got %d paths, want 3", len(paths))
+	}
+	if r := paths[0].Routes; len(r) != 1 || r[0].Repeat || r[0].Time != 1000 {
+		t.Errorf("first packet's routes %+v, want the lookup sent", r)
+	}
+	if r := paths[1].Routes; len(r) != 1 || !r[0].Repeat || r[0].Time != 1000 || r[0].Table != 254 || r[0].OutIndex != 4 {
+		t.Errorf("second packet's routes %+v, want the first lookup's result marked as a repeat", r)
+	}
+	if r := paths[2].Routes; len(r) != 0 || c.RouteRepeatsUnknown() != 1 {
+		t.Errorf("third packet's routes %+v, unknown repeats %d; want none and 1", r, c.RouteRepeatsUnknown())
+	}
+}

@@ -54,13 +54,19 @@ func (d *Decoder) Decode(rec []byte, ev *event.Event) error {
 	if len(rec) < RecordSize {
 		return fmt.Errorf("%w: %d bytes, want %d", ErrShortRecord, len(rec), RecordSize)
 	}
-	// The record is the C struct in native byte order: copy it into the
-	// bpf2go-generated Go struct of the same layout.
-	copy(unsafe.Slice((*byte)(unsafe.Pointer(&d.raw)), RecordSize), rec)
+	// The record is the C struct in native byte order, the layout of the
+	// bpf2go-generated Go struct: read where it lies when it is aligned for
+	// it (the ring buffer's records are), else from a copy.
+	raw := &d.raw
+	if uintptr(unsafe.Pointer(&rec[0]))%unsafe.Alignof(d.raw) == 0 {
+		raw = (*bpfobj.SvctraceEvent)(unsafe.Pointer(&rec[0]))
+	} else {
+		copy(unsafe.Slice((*byte)(unsafe.Pointer(&d.raw)), RecordSize), rec)
+	}
 	if ev.Conntrack != &d.ct {
 		ev.Conntrack = &d.ct
 	}
-	Convert(&d.raw, ev, d.opts)
+	Convert(raw, ev, d.opts)
 	return nil
 }
 
@@ -84,6 +90,7 @@ func Convert(r *bpfobj.SvctraceEvent, ev *event.Event, opts Options) {
 		RouteIfindex: r.RouteIfindex,
 		PID:          r.Pid,
 		IPID:         r.Ipid,
+		RouteRepeat:  r.Flags&1 != 0, // EVF_ROUTE_REPEAT
 	}
 	if r.Comm[0] != 0 {
 		ev.Comm = cString(r.Comm[:])

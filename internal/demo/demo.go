@@ -229,7 +229,7 @@ func runOne(ctx context.Context, sc lab.Scenario, opts Options) (Result, error) 
 			Namespace: ref,
 			Service:   svc.Name,
 			Source:    meta.NewManifestSource(dir),
-			Attach:    attach.Options{Backend: opts.Backend, NetnsPath: ns, WakeupBytes: 64 << 10},
+			Attach:    attach.Options{Backend: opts.Backend, NetnsPath: ns, WakeupBytes: 64 << 10, RouteRepeat: time.Second},
 			Renderer:  opts.Renderer,
 			Warn:      io.Discard,
 			PerFlow:   !opts.PerPacket,

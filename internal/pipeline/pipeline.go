@@ -125,6 +125,7 @@ func (p *Pipeline) Err() error { return p.err }
 func (p *Pipeline) Stats() event.Stats {
 	s := p.stats
 	s.Evicted = p.corr.Evicted()
+	s.RouteRepeatsUnknown = p.corr.RouteRepeatsUnknown()
 	return s
 }
 

@@ -8,12 +8,44 @@ import (
 	"github.com/svctrace/svctrace/pkg/event"
 )
 
+// pathEncoder writes paths as JSON. Its zero value is ready to use; it is
+// not safe for concurrent use.
+type pathEncoder struct {
+	tuples tupleCache
+}
+
+// tupleCache keeps the last few tuples written and their JSON: a path
+// names the same two or three tuples (the packet before and after NAT) in
+// its original and final tuples, every step, every NAT step and its
+// conntrack entry, and consecutive paths of a flow the same ones again.
+// Comparing a tuple costs a fraction of writing its addresses and ports.
+type tupleCache struct {
+	keys [4]event.Tuple
+	json [4][]byte
+	next int
+}
+
+func (c *tupleCache) append(b []byte, t event.Tuple) []byte {
+	for i := range c.keys {
+		if c.json[i] != nil && c.keys[i] == t {
+			return append(b, c.json[i]...)
+		}
+	}
+	start := len(b)
+	b = appendTuple(b, t)
+	i := c.next
+	c.next = (i + 1) % len(c.keys)
+	c.keys[i] = t
+	c.json[i] = append(c.json[i][:0], b[start:]...)
+	return b
+}
+
 // appendPath appends p as encoding/json (HTML escaping off) would encode
 // it, and a newline: byte for byte the same (TestAppendPathMatchesJSON
 // holds it to that on real paths), at a fraction of the cost. A path is
 // written for every traced packet, so this is the tracer's hottest output.
 // Keep it in step with event.Path's fields and tags.
-func appendPath(b []byte, p *event.Path) []byte {
+func (e *pathEncoder) appendPath(b []byte, p *event.Path) []byte {
 	b = append(b, `{"type":`...)
 	b = appendString(b, p.Type)
 	b = append(b, `,"start":`...)
@@ -31,9 +63,9 @@ func appendPath(b []byte, p *event.Path) []byte {
 	b = append(b, `,"reply":`...)
 	b = strconv.AppendBool(b, p.Reply)
 	b = append(b, `,"original":`...)
-	b = appendTuple(b, p.Original)
+	b = e.tuples.append(b, p.Original)
 	b = append(b, `,"final":`...)
-	b = appendTuple(b, p.Final)
+	b = e.tuples.append(b, p.Final)
 	if p.TCPFlags != 0 {
 		b = append(b, `,"tcp_flags":`...)
 		b = strconv.AppendUint(b, uint64(p.TCPFlags), 10)
@@ -58,7 +90,7 @@ func appendPath(b []byte, p *event.Path) []byte {
 			if i > 0 {
 				b = append(b, ',')
 			}
-			b = appendNAT(b, &p.NAT[i])
+			b = e.appendNAT(b, &p.NAT[i])
 		}
 		b = append(b, ']')
 	}
@@ -85,7 +117,7 @@ func appendPath(b []byte, p *event.Path) []byte {
 			if i > 0 {
 				b = append(b, ',')
 			}
-			b = appendStep(b, &p.Steps[i])
+			b = e.appendStep(b, &p.Steps[i])
 		}
 		b = append(b, ']')
 	}
@@ -95,9 +127,9 @@ func appendPath(b []byte, p *event.Path) []byte {
 		b = append(b, `,"conntrack":{"id":`...)
 		b = strconv.AppendUint(b, p.Conntrack.ID, 10)
 		b = append(b, `,"original":`...)
-		b = appendTuple(b, p.Conntrack.Original)
+		b = e.tuples.append(b, p.Conntrack.Original)
 		b = append(b, `,"reply":`...)
-		b = appendTuple(b, p.Conntrack.Reply)
+		b = e.tuples.append(b, p.Conntrack.Reply)
 		b = append(b, `,"status":`...)
 		b = strconv.AppendUint(b, uint64(p.Conntrack.Status), 10)
 		b = append(b, '}')
@@ -125,7 +157,7 @@ func appendEndpoint(b []byte, e event.Endpoint) []byte {
 	return append(b, '}')
 }
 
-func appendNAT(b []byte, n *event.NATStep) []byte {
+func (e *pathEncoder) appendNAT(b []byte, n *event.NATStep) []byte {
 	b = append(b, `{"type":`...)
 	b = appendString(b, n.Type.String())
 	if n.Reverse {
@@ -138,9 +170,9 @@ func appendNAT(b []byte, n *event.NATStep) []byte {
 		b = appendString(b, n.Hook)
 	}
 	b = append(b, `,"before":`...)
-	b = appendTuple(b, n.Before)
+	b = e.tuples.append(b, n.Before)
 	b = append(b, `,"after":`...)
-	b = appendTuple(b, n.After)
+	b = e.tuples.append(b, n.After)
 	b = append(b, `,"source":`...)
 	b = appendString(b, n.Source.String())
 	return append(b, '}')
@@ -221,10 +253,13 @@ func appendRoute(b []byte, r *event.RouteStep) []byte {
 		b = append(b, `,"pid":`...)
 		b = strconv.AppendUint(b, uint64(r.PID), 10)
 	}
+	if r.Repeat {
+		b = append(b, `,"repeat":true`...)
+	}
 	return append(b, '}')
 }
 
-func appendStep(b []byte, s *event.Step) []byte {
+func (e *pathEncoder) appendStep(b []byte, s *event.Step) []byte {
 	b = append(b, `{"ts":`...)
 	b = strconv.AppendUint(b, s.Time, 10)
 	b = append(b, `,"kind":`...)
@@ -238,7 +273,7 @@ func appendStep(b []byte, s *event.Step) []byte {
 	b = append(b, `,"where":`...)
 	b = appendString(b, s.Where)
 	b = append(b, `,"packet":`...)
-	b = appendTuple(b, s.Packet)
+	b = e.tuples.append(b, s.Packet)
 	if s.Ifindex != 0 {
 		b = append(b, `,"ifindex":`...)
 		b = strconv.AppendUint(b, uint64(s.Ifindex), 10)

@@ -48,11 +48,12 @@ type jsonRenderer struct {
 	w   *bufio.Writer
 	enc *json.Encoder
 	buf []byte
+	pe  pathEncoder
 }
 
 func (j *jsonRenderer) Path(p *event.Path) error {
 	p.Type = "path"
-	j.buf = appendPath(j.buf[:0], p)
+	j.buf = j.pe.appendPath(j.buf[:0], p)
 	_, err := j.w.Write(j.buf)
 	return err
 }

@@ -381,13 +381,15 @@ func Run(ctx context.Context, cfg Config) (*event.Stats, error) {
 	collect := func(final bool) {
 		ps := pipe.Stats()
 		stats.Paths, stats.Verdicts, stats.Evicted = ps.Paths, ps.Verdicts, ps.Evicted
+		stats.RouteRepeatsUnknown = ps.RouteRepeatsUnknown
 		stats.Elapsed = time.Since(start).Seconds()
 		if c, err := probes.Counters(); err == nil {
-			stats.Emitted, stats.Lost, stats.Sampled = 0, 0, 0
+			stats.Emitted, stats.Lost, stats.Sampled, stats.RouteRepeats = 0, 0, 0, 0
 			for i := range c.Emitted {
 				stats.Emitted += c.Emitted[i]
 				stats.Lost += c.Lost[i]
 				stats.Sampled += c.Sampled[i]
+				stats.RouteRepeats += c.RouteRepeats[i]
 			}
 			stats.LostPerCPU = c.Lost
 		}

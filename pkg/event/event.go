@@ -383,6 +383,11 @@ type Event struct {
 	FlowOif    uint32     `json:"flow_oif,omitempty"`
 	FlowIif    uint32     `json:"flow_iif,omitempty"`
 	RouteError int32      `json:"route_error,omitempty"` // negative errno-like code
+	// RouteRepeat: the packet's input route lookup just before this event
+	// was not sent as an event of its own, because its result (table,
+	// device, gateway) repeated the last lookup sent for the same source,
+	// destination and input device, less than a second before.
+	RouteRepeat bool `json:"route_repeat,omitempty"`
 	// Drops and ICMP errors.
 	DropReason string `json:"drop_reason,omitempty"`
 	DropCode   uint32 `json:"drop_code,omitempty"`

@@ -84,6 +84,12 @@ type RouteStep struct {
 	NetnsName string `json:"netns_name,omitempty"`
 	Comm      string `json:"comm,omitempty"`
 	PID       uint32 `json:"pid,omitempty"`
+	// Repeat: the kernel looked this route up again for this packet, with
+	// the same result as the lookup at Time (a flow's forwarded packets
+	// repeat their lookup; the kernel side sends it once a second per
+	// source, destination and input device, and notes the repeats on the
+	// packets).
+	Repeat bool `json:"repeat,omitempty"`
 }
 
 // Result is where the path ended.
@@ -161,6 +167,13 @@ type Stats struct {
 	DecodeErrors uint64 `json:"decode_errors,omitempty"`
 	// Evicted counts correlation state dropped because a cap was reached.
 	Evicted uint64 `json:"evicted,omitempty"`
+	// RouteRepeats is the number of route lookups the kernel side did not
+	// send because they repeated one it had sent (their packets' paths
+	// show that one's result); RouteRepeatsUnknown counts the packets whose
+	// repeated lookup was not among those received (lost, or expired), so
+	// their paths lack it.
+	RouteRepeats        uint64 `json:"route_repeats,omitempty"`
+	RouteRepeatsUnknown uint64 `json:"route_repeats_unknown,omitempty"`
 	// Verdicts counts verdicts by identifier.
 	Verdicts map[string]uint64 `json:"verdicts,omitempty"`
 	// Final is true on the last stats line, written at exit.
