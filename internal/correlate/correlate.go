@@ -118,7 +118,7 @@ type Correlator struct {
 	free      []*packet   // completed packets, reused (their event storage)
 	spare     *event.Path // the last path emitted, for reuse (Options.ReusePaths)
 	// Scratch space of build and claimRoutes, reused from path to path.
-	netnses map[uint32]bool
+	netnses nsSet
 	tuples  []event.Tuple
 	dsts    []netip.Addr
 	cands   []*flowEvent
@@ -138,10 +138,29 @@ type Correlator struct {
 	gapSeen  uint64
 }
 
+// nsSet is the network namespaces a packet was seen in: a handful, so a
+// slice searched in order (a map cost more to clear and fill per path).
+type nsSet []uint32
+
+func (s nsSet) has(ns uint32) bool { return slices.Contains(s, ns) }
+
+func (s nsSet) add(ns uint32) nsSet {
+	if s.has(ns) {
+		return s
+	}
+	return append(s, ns)
+}
+
 type routeKey struct {
-	netns    uint32
-	iif      uint32
-	src, dst netip.Addr
+	netns, iif, src, dst uint32 // addresses: IPv4 (svctrace traces IPv4)
+}
+
+func v4(a netip.Addr) uint32 {
+	if !a.Is4() {
+		return 0
+	}
+	b := a.As4()
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
 }
 
 // maxRoutes caps Correlator.routes: the kernel side keeps as many.
@@ -181,7 +200,7 @@ func New(opts Options, emit func(*event.Path)) *Correlator {
 		opts.MaxFlowEvents = 16384
 	}
 	return &Correlator{opts: opts, packets: map[pktKey]*packet{}, byDst: map[netip.Addr]*flowList{}, emit: emit,
-		netnses: map[uint32]bool{}, routes: map[routeKey]event.RouteStep{}}
+		routes: map[routeKey]event.RouteStep{}}
 }
 
 // Evicted returns how many packets were completed early because of the cap.
@@ -631,8 +650,8 @@ func (c *Correlator) build(p *packet) *event.Path {
 		// First seen after a rewrite (no device event before it).
 		path.Original = first.PreNAT
 	}
-	netnses := c.netnses
-	clear(netnses)
+	netnses := c.netnses[:0]
+	defer func() { c.netnses = netnses[:0] }()
 	if cap(path.Steps) < len(evs) {
 		path.Steps = make([]event.Step, 0, max(len(evs), 12))
 	}
@@ -644,7 +663,7 @@ func (c *Correlator) build(p *packet) *event.Path {
 			path.TCPFlags = e.TCPFlags
 		}
 		if e.Netns != 0 {
-			netnses[e.Netns] = true
+			netnses = netnses.add(e.Netns)
 		}
 		// A packet crossing several namespaces meets several conntrack
 		// entries: keep the one that translated it (the Service's), else
@@ -947,7 +966,7 @@ func natHook(evs []event.Event, i int) string {
 // claimRoutes takes the buffered flow events that belong to this packet: same
 // destination (before or after NAT), compatible source, in the namespaces the
 // packet crossed, between FlowWindow before it and its end.
-func (c *Correlator) claimRoutes(path *event.Path, netnses map[uint32]bool, out []event.RouteStep) []event.RouteStep {
+func (c *Correlator) claimRoutes(path *event.Path, netnses nsSet, out []event.RouteStep) []event.RouteStep {
 	tuples := c.tuples[:0]
 	defer func() { c.tuples = tuples[:0] }()
 	add := func(t event.Tuple) {
@@ -1004,7 +1023,7 @@ func (c *Correlator) claimRoutes(path *event.Path, netnses map[uint32]bool, out 
 		if f.claimed || f.ev.Time < from || f.ev.Time > path.End {
 			continue
 		}
-		if f.ev.Netns != 0 && len(netnses) > 0 && !netnses[f.ev.Netns] {
+		if f.ev.Netns != 0 && len(netnses) > 0 && !netnses.has(f.ev.Netns) {
 			continue
 		}
 		// A lookup that failed while the packet was in flight, in its
@@ -1012,7 +1031,7 @@ func (c *Correlator) claimRoutes(path *event.Path, netnses map[uint32]bool, out 
 		// the packet carried yet: IPVS looks the real server up before it
 		// rewrites, and drops the packet when that fails.
 		inFlight := f.ev.RouteError != 0 && f.ev.Time >= path.Start &&
-			((f.ev.Netns != 0 && netnses[f.ev.Netns]) || (f.ev.SKB != 0 && f.ev.SKB == path.SKB))
+			((f.ev.Netns != 0 && netnses.has(f.ev.Netns)) || (f.ev.SKB != 0 && f.ev.SKB == path.SKB))
 		if !inFlight && !flowMatches(&f.ev, tuples) {
 			continue
 		}
@@ -1037,7 +1056,7 @@ func (c *Correlator) noteRoute(e *event.Event) {
 	if len(c.routes) >= maxRoutes {
 		clear(c.routes) // the kernel side sends each again within a second
 	}
-	c.routes[routeKey{netns: e.Netns, iif: e.FlowIif, src: e.Packet.Src.Addr(), dst: e.Packet.Dst.Addr()}] = routeStep(e)
+	c.routes[routeKey{netns: e.Netns, iif: e.FlowIif, src: v4(e.Packet.Src.Addr()), dst: v4(e.Packet.Dst.Addr())}] = routeStep(e)
 }
 
 // repeatedRoutes adds, for every event of the packet noting that the route
@@ -1051,13 +1070,14 @@ func (c *Correlator) repeatedRoutes(evs []event.Event, out []event.RouteStep) []
 		if !e.RouteRepeat {
 			continue
 		}
-		k := routeKey{netns: e.Netns, iif: e.InIfindex, src: e.Packet.Src.Addr(), dst: e.Packet.Dst.Addr()}
+		at := e // the event the lookup routed the packet as
 		for j := i - 1; j >= 0; j-- {
 			if evs[j].Netns == e.Netns {
-				k.iif, k.src, k.dst = evs[j].InIfindex, evs[j].Packet.Src.Addr(), evs[j].Packet.Dst.Addr()
+				at = &evs[j]
 				break
 			}
 		}
+		k := routeKey{netns: e.Netns, iif: at.InIfindex, src: v4(at.Packet.Src.Addr()), dst: v4(at.Packet.Dst.Addr())}
 		rs, ok := c.routes[k]
 		if !ok {
 			c.repeatUnknown++
@@ -1086,7 +1106,7 @@ func hasSource(rs []event.RouteStep) bool {
 // more than lookupLead (under software emulation, tens of milliseconds);
 // only the kernel-function backends report these lookups (the stable one
 // reports connects, searched from FlowWindow already).
-func (c *Correlator) connectLookup(dsts []netip.Addr, tuples []event.Tuple, netnses map[uint32]bool, from, lead uint64) *flowEvent {
+func (c *Correlator) connectLookup(dsts []netip.Addr, tuples []event.Tuple, netnses nsSet, from, lead uint64) *flowEvent {
 	var found *flowEvent
 	for _, a := range dsts {
 		l := c.byDst[a]
@@ -1098,7 +1118,7 @@ func (c *Correlator) connectLookup(dsts []netip.Addr, tuples []event.Tuple, netn
 			if f.claimed || f.ev.Kind != event.KindRouteOut || f.ev.RouteError != 0 {
 				continue
 			}
-			if f.ev.Netns != 0 && len(netnses) > 0 && !netnses[f.ev.Netns] {
+			if f.ev.Netns != 0 && len(netnses) > 0 && !netnses.has(f.ev.Netns) {
 				continue
 			}
 			if flowMatches(&f.ev, tuples) && (found == nil || f.ev.Time > found.ev.Time) {

@@ -335,8 +335,47 @@ const hexDigits = "0123456789abcdef"
 
 // appendString is encoding/json's string encoding with HTML escaping off:
 // control characters, quotes and backslashes escaped, invalid UTF-8 as
-// U+FFFD, U+2028 and U+2029 escaped.
+// U+FFFD, U+2028 and U+2029 escaped. Nearly every string in a path (names
+// of hooks, devices, namespaces, pods) is printable ASCII and written as
+// it is: that is checked eight bytes at a time first.
 func appendString(b []byte, s string) []byte {
+	if plainASCII(s) {
+		b = append(b, '"')
+		b = append(b, s...)
+		return append(b, '"')
+	}
+	return appendEscaped(b, s)
+}
+
+// plainASCII reports whether s has no byte that encoding/json escapes or
+// that may start a multi-byte character (control characters, '"', '\\',
+// 0x80 and above).
+func plainASCII(s string) bool {
+	const (
+		ones  = 0x0101010101010101
+		highs = 0x8080808080808080
+	)
+	// has reports, for each byte of x, whether it is below n (n <= 0x80)
+	// or has its top bit set, in that byte's top bit.
+	below := func(x, n uint64) uint64 { return (x - ones*n) &^ x & highs }
+	i := 0
+	for ; i+8 <= len(s); i += 8 {
+		x := uint64(s[i]) | uint64(s[i+1])<<8 | uint64(s[i+2])<<16 | uint64(s[i+3])<<24 |
+			uint64(s[i+4])<<32 | uint64(s[i+5])<<40 | uint64(s[i+6])<<48 | uint64(s[i+7])<<56
+		if (x&highs)|below(x, 0x20)|below(x^(ones*'"'), 1)|below(x^(ones*'\\'), 1) != 0 {
+			return false
+		}
+	}
+	for ; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == '"' || c == '\\' || c >= utf8.RuneSelf {
+			return false
+		}
+	}
+	return true
+}
+
+// appendEscaped is appendString for strings that need escaping.
+func appendEscaped(b []byte, s string) []byte {
 	b = append(b, '"')
 	start := 0
 	for i := 0; i < len(s); {
