@@ -161,16 +161,15 @@ type SvctraceLastMatch struct {
 	RepeatSkb uint64
 }
 
-type SvctraceRouteKey struct {
-	_     structs.HostLayout
-	Saddr uint32
-	Daddr uint32
-	Iif   uint32
-	Netns uint32
-}
-
 type SvctraceRouteVal struct {
-	_     structs.HostLayout
+	_   structs.HostLayout
+	Key struct {
+		_     structs.HostLayout
+		Saddr uint32
+		Daddr uint32
+		Iif   uint32
+		Netns uint32
+	}
 	Ts    uint64
 	Table uint32
 	Oif   uint32

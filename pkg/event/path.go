@@ -86,9 +86,9 @@ type RouteStep struct {
 	PID       uint32 `json:"pid,omitempty"`
 	// Repeat: the kernel looked this route up again for this packet, with
 	// the same result as the lookup at Time (a flow's forwarded packets
-	// repeat their lookup; the kernel side sends it once a second per
-	// source, destination and input device, and notes the repeats on the
-	// packets).
+	// repeat their lookup; the kernel side sends it at least once a second
+	// per source, destination and input device, and notes the repeats on
+	// the packets).
 	Repeat bool `json:"repeat,omitempty"`
 }
 

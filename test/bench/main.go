@@ -90,7 +90,7 @@ func (o options) want(name string) bool { return len(o.only) == 0 || o.only[name
 func main() {
 	var o options
 	flag.StringVar(&o.bin, "bin", "", "svctrace binary (default: build one)")
-	flag.IntVar(&o.rounds, "rounds", 9, "A/B pairs per throughput figure (single pairs spread ±10 % on a busy 2-vCPU VM: the more pairs, the steadier the medians)")
+	flag.IntVar(&o.rounds, "rounds", 15, "A/B pairs per throughput figure (single pairs spread ±10 % on a busy 2-vCPU VM: the more pairs, the steadier the medians)")
 	flag.DurationVar(&o.stream, "stream", 2*time.Second, "length of one throughput run")
 	flag.IntVar(&o.rate, "rate", 27000, "UDP request/response exchanges/s offered in the event-rate run (each yields ~8 events: device programs on the backend pod only, repeated route lookups not sent: ~216,000 events/s)")
 	flag.IntVar(&o.seconds, "seconds", 10, "length of the event-rate run")
