@@ -45,16 +45,8 @@ func TestDevicesOnChosenInterfaces(t *testing.T) {
 	testenv.SkipIfMissing(t, "BPF netfilter links (6.4+)", kernel.HaveNetfilterLink())
 	testenv.SkipIfMissing(t, "tcx links (6.6+)", tcCheck(&env{btf: mustBTF(t)}))
 	node := newNetns(t)
-	pod := node + "p"
+	pod := podBehindVeth(t, node, "p", "10.98.0")
 	podName := pod[strings.LastIndex(pod, "/")+1:]
-	nodeName := node[strings.LastIndex(node, "/")+1:]
-	run(t, "ip", "netns", "add", podName)
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", podName).Run() })
-	run(t, "ip", "-n", nodeName, "link", "add", "vnode", "type", "veth", "peer", "name", "eth0", "netns", podName)
-	run(t, "ip", "-n", nodeName, "addr", "add", "10.98.0.1/24", "dev", "vnode")
-	run(t, "ip", "-n", nodeName, "link", "set", "vnode", "up")
-	run(t, "ip", "-n", podName, "addr", "add", "10.98.0.2/24", "dev", "eth0")
-	run(t, "ip", "-n", podName, "link", "set", "eth0", "up")
 	podIf := 0
 	for _, l := range strings.Split(run(t, "ip", "-n", podName, "-o", "link", "show", "eth0"), "\n") {
 		if i := strings.Index(l, ":"); i > 0 {
@@ -150,6 +142,24 @@ func TestDevicesOnChosenInterfaces(t *testing.T) {
 	if all.UsesDevices() {
 		t.Errorf("--device-hooks all: tc programs loaded")
 	}
+}
+
+// podBehindVeth makes a "pod" namespace (node's name and suffix) joined
+// to node by a veth pair: vnode in node with net.1/24, eth0 in the pod
+// with net.2/24. It returns the pod namespace's path.
+func podBehindVeth(t *testing.T, node, suffix, net string) string {
+	t.Helper()
+	pod := node + suffix
+	podName := pod[strings.LastIndex(pod, "/")+1:]
+	nodeName := node[strings.LastIndex(node, "/")+1:]
+	run(t, "ip", "netns", "add", podName)
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", podName).Run() })
+	run(t, "ip", "-n", nodeName, "link", "add", "vnode", "type", "veth", "peer", "name", "eth0", "netns", podName)
+	run(t, "ip", "-n", nodeName, "addr", "add", net+".1/24", "dev", "vnode")
+	run(t, "ip", "-n", nodeName, "link", "set", "vnode", "up")
+	run(t, "ip", "-n", podName, "addr", "add", net+".2/24", "dev", "eth0")
+	run(t, "ip", "-n", podName, "link", "set", "eth0", "up")
+	return pod
 }
 
 // udpEcho sends n datagrams from a socket in namespace from to an echo

@@ -4,8 +4,6 @@ import (
 	"errors"
 	"net/netip"
 	"os"
-	"os/exec"
-	"strings"
 	"testing"
 	"time"
 
@@ -24,16 +22,7 @@ func TestRingReaderWrapsAround(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.SkipIfMissing(t, "BPF netfilter links (6.4+)", kernel.HaveNetfilterLink())
 	node := newNetns(t)
-	pod := node + "r"
-	podName := pod[strings.LastIndex(pod, "/")+1:]
-	nodeName := node[strings.LastIndex(node, "/")+1:]
-	run(t, "ip", "netns", "add", podName)
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", podName).Run() })
-	run(t, "ip", "-n", nodeName, "link", "add", "vnode", "type", "veth", "peer", "name", "eth0", "netns", podName)
-	run(t, "ip", "-n", nodeName, "addr", "add", "10.97.0.1/24", "dev", "vnode")
-	run(t, "ip", "-n", nodeName, "link", "set", "vnode", "up")
-	run(t, "ip", "-n", podName, "addr", "add", "10.97.0.2/24", "dev", "eth0")
-	run(t, "ip", "-n", podName, "link", "set", "eth0", "up")
+	pod := podBehindVeth(t, node, "r", "10.97.0")
 
 	ring := uint32(4 * os.Getpagesize())
 	p, err := Load(Options{Backend: BackendNetfilter, NetnsPath: node, RingBufSize: ring, WakeupBytes: 1024})
