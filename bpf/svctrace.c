@@ -1027,16 +1027,16 @@ static __always_inline int rpf_lookup(const struct tuple *t, __u32 iif)
 }
 
 // note_fib records a successful input lookup traced on this CPU.
-static __always_inline void note_fib(const struct event *e)
+static __always_inline void note_fib(__u32 saddr, __u32 daddr, __u32 oif)
 {
 	__u32 zero = 0;
 	struct last_fib *lf = bpf_map_lookup_elem(&last_fib_map, &zero);
 	struct last_match *lm = bpf_map_lookup_elem(&last_match_map, &zero);
 	if (!lf || !lm)
 		return;
-	lf->saddr = e->pkt.saddr;
-	lf->daddr = e->pkt.daddr;
-	lf->oif = e->out_ifindex;
+	lf->saddr = saddr;
+	lf->daddr = daddr;
+	lf->oif = oif;
 	lf->match_ts = lm->ts;
 }
 
@@ -1110,14 +1110,7 @@ static __always_inline int route_repeat(const struct tuple *t, __u32 iif, const 
 	if (old->key.saddr == k.saddr && old->key.daddr == k.daddr && old->key.iif == k.iif && old->key.netns == k.netns &&
 	    old->table == v.table && old->oif == v.oif && old->gw == v.gw && now - old->ts < (__u64)cfg->route_repeat_ms * 1000000) {
 		lm->repeat_skb = lm->skb;
-		// The reverse-path check that follows is this lookup's (rpf_lookup).
-		struct last_fib *lf = bpf_map_lookup_elem(&last_fib_map, &zero);
-		if (lf) {
-			lf->saddr = t->saddr;
-			lf->daddr = t->daddr;
-			lf->oif = v.oif;
-			lf->match_ts = lm->ts;
-		}
+		note_fib(t->saddr, t->daddr, v.oif); // the reverse-path check that follows is this lookup's
 		count(CNT_ROUTE_REPEAT);
 		return 1;
 	}
@@ -1183,7 +1176,7 @@ int BPF_PROG(tp_fib_table_lookup, u32 tb_id, const struct flowi4 *flp,
 	}
 	fib_fill(e, flp, nhc, tb_id, err, 1);
 	if (!err && e->flow_iif != LOOPBACK_IFINDEX_)
-		note_fib(e);
+		note_fib(e->pkt.saddr, e->pkt.daddr, e->out_ifindex);
 	ev_submit(ctx, e);
 	return 0;
 }
@@ -1415,7 +1408,7 @@ static __always_inline void fib_lookup_ret(void *ctx, struct fib_table *tb, cons
 	}
 	fib_fill(e, flp, nhc, BPF_CORE_READ(tb, tb_id), ret, 0);
 	if (!ret && e->flow_iif != LOOPBACK_IFINDEX_)
-		note_fib(e);
+		note_fib(e->pkt.saddr, e->pkt.daddr, e->out_ifindex);
 	ev_submit(ctx, e);
 }
 

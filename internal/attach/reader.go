@@ -39,9 +39,6 @@ func (p *Probes) NewReader() (Reader, error) {
 	return &perfReader{r: r}, nil
 }
 
-func (r *ringBuf) LostSamples() uint64 { return 0 }
-func (r *ringBuf) Close() error        { return r.close() }
-
 type perfReader struct {
 	r        *perf.Reader
 	rec      perf.Record

@@ -67,7 +67,7 @@ func newRingBuf(fd int, size uint32) (*ringBuf, error) {
 	var err error
 	defer func() {
 		if err != nil {
-			r.close()
+			r.Close()
 		}
 	}()
 	if r.cons, err = unix.Mmap(fd, 0, page, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err != nil {
@@ -174,7 +174,12 @@ func (r *ringBuf) wait(deadline time.Time) error {
 	return err
 }
 
-func (r *ringBuf) close() error {
+// LostSamples is 0: the ring buffer loses nothing itself (a full ring is
+// counted by the programs).
+func (r *ringBuf) LostSamples() uint64 { return 0 }
+
+// Close unmaps the ring and closes the descriptor's duplicate.
+func (r *ringBuf) Close() error {
 	var errs []error
 	if r.file != nil {
 		errs = append(errs, r.file.Close())
